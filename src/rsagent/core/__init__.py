@@ -1,0 +1,1 @@
+"""Core types: images, masks and RLE, boxes and views, the trajectory document. No heavy deps."""
