@@ -1,0 +1,1 @@
+"""Dataset loaders: each yields samples (image path, query, ground truth)."""

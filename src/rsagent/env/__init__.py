@@ -1,0 +1,1 @@
+"""Tools, overlay rendering and the episode state machine."""

@@ -1,0 +1,38 @@
+"""The text of the system prompt (with the Hermes `# Tools` block Qwen2.5 models know) and the user turn."""
+
+from __future__ import annotations
+
+import json
+
+from rsagent.env.tools import ToolSpec
+
+_TASK = """You segment the object described by the user's query in an image, working in turns.
+Each turn, think briefly inside <think></think>, then call exactly one tool.
+Coordinates are integer pixels of a view: view 0 is the full image as you were shown it; zoom_in \
+returns a new, enlarged view with its own id and pixel frame. Omitted, "view" means the view shown \
+in the latest image. Every tool that makes a candidate answers with an overlay of it, numbered by its id.
+Check each overlay against the query, correct mistakes with refine, and call submit with the ids \
+of the candidate(s) that together cover the target (an empty list if the target is absent)."""
+
+_HERMES = """# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{tools}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>"""
+
+
+def system_prompt(tools: list[ToolSpec], max_turns: int) -> str:
+    block = "\n".join(json.dumps(t.to_openai(), ensure_ascii=False) for t in tools)
+    return f"{_TASK}\nYou have at most {max_turns} turns.\n\n{_HERMES.format(tools=block)}"
+
+
+def user_text(query: str, width: int, height: int) -> str:
+    return f"Query: {query}\nThe image (view 0) is {width}x{height} pixels."

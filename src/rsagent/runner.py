@@ -1,0 +1,68 @@
+"""Running episodes: one to the end, or many in lock-step (one policy call per turn for all)."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from rsagent.core.trajectory import Trajectory
+from rsagent.env.episode import Episode, EpisodeConfig, EpisodeTask
+from rsagent.policies.base import Policy
+from rsagent.segmenters.base import Segmenter
+
+
+def run_episode(policy: Policy, segmenter: Segmenter, task: EpisodeTask,
+                config: EpisodeConfig = EpisodeConfig()) -> Trajectory:
+    """Run one episode to the end and return its trajectory."""
+    return run_episodes(policy, segmenter, [task], config, progress=False)[0]
+
+
+def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTask],
+                 config: EpisodeConfig = EpisodeConfig(), batch_size: int = 8, progress: bool = True,
+                 on_done: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+    """Run episodes in lock-step groups of `batch_size`: each turn the policy answers all active ones.
+
+    A crash of the policy or the segmenter ends only the episodes it touched, as `failed` with the
+    error recorded; it never drops them. `on_done` sees each trajectory as soon as it is finished.
+    """
+    results: list[Trajectory | None] = [None] * len(tasks)
+    bar = tqdm(total=len(tasks), desc=f"{policy.name}+{segmenter.name}", unit="ep", disable=not progress)
+    for start in range(0, len(tasks), batch_size):
+        episodes = {start + i: Episode(t, segmenter, config) for i, t in enumerate(tasks[start:start + batch_size])}
+        active = list(episodes)
+        while active:
+            t0 = time.perf_counter()
+            try:
+                answers = policy.act([episodes[i] for i in active])
+                if len(answers) != len(active):
+                    raise RuntimeError(f"policy returned {len(answers)} answers for {len(active)} episodes")
+            except Exception as exc:  # noqa: BLE001 - a crash fails these episodes, never the run
+                for i in active:
+                    episodes[i].fail(_describe(exc))
+                answers = []
+            policy_seconds = (time.perf_counter() - t0) / max(1, len(active))
+            for i, answer in zip(active, answers):
+                ep = episodes[i]
+                try:
+                    ep.step(answer)
+                    ep.turns[-1].seconds["policy"] = policy_seconds
+                except Exception as exc:  # noqa: BLE001 - e.g. a segmenter that raises on this image
+                    ep.fail(_describe(exc))
+            for i in [i for i in active if episodes[i].done]:
+                traj = episodes[i].trajectory({"policy": policy.identifier})
+                results[i] = traj
+                if on_done is not None:
+                    on_done(traj)
+                bar.update(1)
+            active = [i for i in active if not episodes[i].done]
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _describe(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
