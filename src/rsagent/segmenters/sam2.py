@@ -242,8 +242,8 @@ def load_sam2_model(model: str):
             reason = "not in the local Hugging Face cache and the hub cannot be reached"
         else:
             reason = _first_line(error) if error is not None else "unknown error"
-        raise ModelLoadError(f"cannot load SAM2 model {model!r}: {reason}; download it where there is "
-                             f"network (hf download {DEFAULT_MODEL} --local-dir DIR) and {how}") from None
+        fetch = f"download it where there is network (hf download {model} --local-dir DIR) and " if is_hub else ""
+        raise ModelLoadError(f"cannot load SAM2 model {model!r}: {reason}; {fetch}{how}") from None
     if getattr(net.config, "model_type", None) != "sam2":
         raise ModelLoadError(f"cannot load SAM2 model {model!r}: its config is a "
                              f"{net.config.model_type!r} model, not 'sam2'")

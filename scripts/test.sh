@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv (CPU torch from the local wheel, everything else under the torch constraint) and run the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+.venv/bin/pip install -q torch==2.13.0
+PIP_CONSTRAINT="$PWD/constraints.txt" .venv/bin/pip install -q -e ".[torch,test]"
+exec .venv/bin/pytest -q "$@"

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real data under /work/shared/data (skipped cleanly when it is absent)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("RSAGENT_SHARED_DATA", "/work/shared/data"))
+COCO128 = "coco128-seg"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder; tests that need it are skipped when it is absent."""
+    if not (SHARED_DATA / COCO128 / "images" / "train2017").is_dir():
+        pytest.skip(f"shared data not available at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def coco128_root(shared_data: Path) -> Path:
+    return shared_data / COCO128
+
+
+@pytest.fixture(scope="session")
+def coco128_targets(coco128_root: Path):
+    """Every polygon instance of COCO128-seg (train2017), as `PolygonTarget`s, in file order."""
+    from rsagent.data.yoloseg import load_yolo_seg
+
+    with warnings.catch_warnings():
+        # coco128-seg ships two label files without an image; the loader warns about them.
+        warnings.simplefilter("ignore", UserWarning)
+        targets = load_yolo_seg(coco128_root)
+    if not targets:
+        pytest.skip(f"no polygon targets under {coco128_root}")
+    return targets
