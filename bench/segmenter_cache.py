@@ -11,7 +11,7 @@ asks for a small fraction.
 
 sam2 runs by default on the tiny random-weight config saved to a temporary folder and loaded back
 (`--sam2-config tiny-size` / `large-size` build random-weight models of the sam2.1-hiera-tiny / -large
-architectures instead, for realistic timings without the weights; large-size takes about a minute per
+architectures instead, for realistic timings without the weights; large-size encodes in about 20 s per
 image on a 2-core CPU); `--sam2-model` loads a real checkpoint (local folder or hub id) instead.
 """
 
@@ -103,7 +103,7 @@ def main() -> int:
     warmup, timed = images[0], images[1:]
     print(f"{len(timed)} timed images from {args.root} (+1 warm-up), sizes "
           f"{sorted({im.shape[:2] for im in timed})}")
-    print(f"{'segmenter':<44} {'set_image':>10} {'set+1st':>10} {'2nd':>10} {'2nd/(set+1st)':>14}")
+    print(f"{'segmenter':<60} {'set_image':>10} {'set+1st':>10} {'2nd':>10} {'2nd/(set+1st)':>14}")
     status = 0
     with tempfile.TemporaryDirectory(prefix="rsagent_sam2_") as tmp:
         for name in [s.strip() for s in args.segmenters.split(",") if s.strip()]:
@@ -115,12 +115,12 @@ def main() -> int:
                     seg = make_segmenter(name)
                     label = seg.identifier
             except (ImportError, RsagentError, ValueError) as exc:
-                print(f"{name:<44} skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                print(f"{name:<60} skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
                 status = 1
                 continue
             t = time_segmenter(seg, timed, warmup)
             enc, first, second = (statistics.mean(t[k]) for k in ("encode", "first", "second"))
-            print(f"{label[:44]:<44} {enc:>9.3f}s {first:>9.3f}s {second:>9.4f}s {second / first:>14.3f}")
+            print(f"{label[:60]:<60} {enc:>9.3f}s {first:>9.3f}s {second:>9.4f}s {second / first:>14.3f}")
             del seg
     return status
 

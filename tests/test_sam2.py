@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,39 @@ def test_corrupt_weights(tmp_path, model_dir):
     with pytest.raises(ModelLoadError) as exc:
         Sam2Segmenter(model=str(tmp_path))
     _one_line(exc, str(tmp_path))
+
+
+def test_wrong_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError) as exc:
+        Sam2Segmenter(model=str(tmp_path))
+    _one_line(exc, str(tmp_path))
+    assert "qwen2_5_vl" in str(exc.value)
+
+
+def test_loads_sam2_video_checkpoint(tmp_path, images):
+    """The hub's SAM2.1 checkpoints are saved as 'sam2_video'; the image model loads from them."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    parts = tiny_sam2_config().to_dict()
+    config = Sam2VideoConfig(vision_config=parts["vision_config"], prompt_encoder_config=parts["prompt_encoder_config"],
+                             mask_decoder_config=parts["mask_decoder_config"], memory_attention_hidden_size=32,
+                             memory_encoder_hidden_size=32, memory_encoder_output_channels=16, mem_dim=16)
+    torch.manual_seed(1)
+    video = Sam2VideoModel(config)
+    video.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "sam2_video"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = Sam2Segmenter(model=str(tmp_path))
+    assert not [w for w in caught if "randomly initialised" in str(w.message)]
+    saved = video.state_dict()
+    for name, tensor in seg.model.state_dict().items():
+        assert name in saved, name
+        torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
+    seg.set_image(images[0])
+    assert seg.predict(box=(10, 10, 100, 100)).masks.shape == (3, *images[0].shape[:2])
 
 
 def test_unreachable_hub_id_fails_fast(monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rsagent.core.errors import RsagentError
 
@@ -36,9 +35,6 @@ def _segment(args: argparse.Namespace) -> int:
         raise RsagentError(f"--max-turns must be at least 1, got {args.max_turns}")
     if args.policy == "oracle" and not args.gt_mask:
         raise RsagentError("--policy oracle reads the ground truth: pass --gt-mask MASK.png")
-    for label, path in (("image", args.image), ("--gt-mask", args.gt_mask)):
-        if path is not None and not Path(path).is_file():
-            raise RsagentError(f"{label} {path}: no such file")
     seg_kwargs = {"model": args.sam2_model, "device": args.device} if args.segmenter == "sam2" else {}
     segmenter = make_segmenter(args.segmenter, **seg_kwargs)
     policy = OraclePolicy(OracleConfig(seed=args.seed))

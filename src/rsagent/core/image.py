@@ -22,14 +22,11 @@ def _open_checked(path: str | Path, max_pixels: int) -> Image.Image:
         raise ImageError(f"{path}: is a directory, expected an image file")
     try:
         with warnings.catch_warnings():
-            # PIL warns, then raises, on its own bomb threshold; we apply ours below instead.
+            # PIL warns between its own threshold and twice it; our limit below decides instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                img = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refusing to decode, possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except OSError as exc:

@@ -13,7 +13,7 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in continuous pixel co
 
 def encode_rle(mask: np.ndarray) -> dict:
     """COCO RLE of a bool (H, W) mask, with counts as a str so it is JSON-serialisable."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(bool).astype(np.uint8)))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 

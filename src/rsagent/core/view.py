@@ -102,7 +102,8 @@ class View:
         crop = mask[y0:y1, x0:x1]
         if (crop.shape[1], crop.shape[0]) == self.size:
             return crop.copy()
-        return cv2.resize(crop.astype(np.uint8), self.size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        # NEAREST_EXACT samples at pixel centres, the same convention as points_from_image
+        return cv2.resize(crop.astype(np.uint8), self.size, interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "box": list(self.box), "size": list(self.size)}

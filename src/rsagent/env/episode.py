@@ -21,6 +21,7 @@ from rsagent.env.render import render_view
 from rsagent.env.tools import TOOLS, ToolCallError, validate_call
 from rsagent.segmenters.base import MaskPrompt, Segmenter
 
+MAX_ERROR_CHARS = 300
 PROTOCOL_HINT = ('Answer with <think>...</think> then exactly one '
                  '<tool_call>{"name": ..., "arguments": {...}}</tool_call>.')
 
@@ -47,6 +48,10 @@ class EpisodeTask:
     sample_id: str = "sample"
     gt: GroundTruth | None = None
     image_path: str | None = None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def image_key(image: np.ndarray) -> str:
@@ -126,12 +131,17 @@ class Episode:
         if parsed.call is not None:
             try:
                 args = validate_call(parsed.call["name"], parsed.call["arguments"], self.config.tools)
-                turn.observation = getattr(self, f"_tool_{parsed.call['name']}")(args, turn)
             except ToolCallError as exc:
                 turn.error = str(exc)
             except (RecursionError, TypeError, OverflowError) as exc:  # pathological but parseable input
                 turn.error = f"invalid arguments ({type(exc).__name__})"
+            else:
+                try:
+                    turn.observation = getattr(self, f"_tool_{parsed.call['name']}")(args, turn)
+                except ToolCallError as exc:  # semantic checks: ids, views, coordinates
+                    turn.error = str(exc)
         if turn.error is not None:
+            turn.error = _clip(turn.error)  # it goes into the model's next prompt
             turn.format_ok = False
             turn.observation = Observation(f"Error: {turn.error}. {PROTOCOL_HINT}")
         self.turns.append(turn)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 MAX_ANSWER_CHARS = 32_000  # longer answers are refused before any regex or JSON work
 MAX_CALL_CHARS = 8_000
+MAX_DEPTH = 6  # {"arguments": {"points": [[x, y]]}} is 4 deep; deeper is never a valid call
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
@@ -30,6 +31,31 @@ class ParsedAnswer:
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed in a tool call")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} overflows: numbers must be finite")
+    return value
+
+
+def _loads(text: str) -> object:
+    """JSON with NaN, Infinity and overflowing numbers refused, so the record stays valid JSON."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _depth(value: object) -> int:
+    """Nesting depth, iteratively (a recursive walk is what deep nesting attacks)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def parse_answer(text: object) -> ParsedAnswer:
@@ -53,7 +79,7 @@ def parse_answer(text: object) -> ParsedAnswer:
     if len(body) > MAX_CALL_CHARS:
         return ParsedAnswer(think, None, f"the tool call is {len(body)} characters, over the limit of {MAX_CALL_CHARS}", False)
     try:
-        call = json.loads(body, parse_constant=_reject_constant)
+        call = _loads(body)
     except (ValueError, RecursionError) as exc:
         return ParsedAnswer(think, None, f"the tool call is not valid JSON ({str(exc)[:120]})", False)
     if not isinstance(call, dict):
@@ -64,11 +90,13 @@ def parse_answer(text: object) -> ParsedAnswer:
     if isinstance(args, str):  # OpenAI-style arguments serialised as a string
         strict = False
         try:
-            args = json.loads(args, parse_constant=_reject_constant)
+            args = _loads(args)
         except (ValueError, RecursionError):
             return ParsedAnswer(think, None, "\"arguments\" is a string that is not valid JSON", False)
     if not isinstance(args, dict):
         return ParsedAnswer(think, None, "\"arguments\" must be a JSON object", False)
+    if _depth(args) > MAX_DEPTH - 1:
+        return ParsedAnswer(think, None, "the tool call's arguments are nested too deeply", False)
     extra = set(call) - {"name", "arguments"}
     if extra:
         strict = False

@@ -76,7 +76,7 @@ def validate_call(name: str, arguments: dict, allowed: tuple[str, ...] | None = 
     """Check a call against its schema; returns normalised arguments (ints, default labels)."""
     if name not in TOOLS or (allowed is not None and name not in allowed):
         names = ", ".join(allowed or tuple(TOOLS))
-        raise ToolCallError(f"unknown tool {name!r}; available tools: {names}")
+        raise ToolCallError(f"unknown tool {name[:40]!r}; available tools: {names}")
     for key, value in arguments.items():
         _finite(value, key)
     errors = sorted(_VALIDATORS[name].iter_errors(arguments), key=lambda e: list(e.path))

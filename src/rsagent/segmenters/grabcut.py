@@ -2,18 +2,20 @@
 
 Plain `cv2.grabCut` builds and cuts a pixel graph for every prompt (about 0.6 s per iteration on a
 640x480 image) and caches nothing. Here GrabCut's model (two colour GMMs, a contrast-sensitive
-smoothness term, iterated re-estimation; Rother et al. 2004) is solved on a region graph that is
-computed once per image, as in Lazy Snapping (Li et al. 2004):
+smoothness term, iterated re-estimation; Rother et al. 2004) is solved on a region graph computed
+once per image, as in Lazy Snapping (Li et al. 2004):
 
-- `_encode`: SLIC superpixels (OpenCV SLICO) on the Lab image at a capped working resolution, then per
-  region its pixel count, mean colour and colour covariance, and the region adjacency graph with
-  contrast-sensitive weights (GrabCut's beta over neighbouring region colour differences, times the
-  length of the shared boundary). Everything that does not depend on the prompt.
-- `_predict`: a trimap over regions from the prompt (box: outside = background, inside = probable
-  foreground; a previous mask: its label map as probable foreground/background; clicks: hard seeds),
-  then a few GrabCut iterations: fit both GMMs on the current labelling (weighted by pixel counts),
-  unary = -log likelihood, pairwise = gamma x cached edge weights, min cut with scipy's max-flow.
-  The region labelling is painted back to pixels at the image's full resolution.
+- `_encode` (once per image or view): SLIC superpixels (OpenCV SLICO) at a capped working
+  resolution; per region its pixel count and its histogram over quantised colours; the region
+  adjacency graph with contrast-sensitive weights (GrabCut's beta over neighbouring region colour
+  differences, times the length of the shared boundary); pixel-level neighbour weights for the
+  optional boundary refinement.
+- `_predict` (per prompt): a trimap over regions from the prompt (box: outside = background, inside =
+  probable foreground; a previous mask: its label map as probable foreground/background; clicks: hard
+  seeds), then GrabCut iterations: fit both colour GMMs on the current labelling, unary = the sum of
+  the region's pixels' -log likelihoods (exact through the colour histograms), pairwise = gamma x the
+  cached edge weights, min cut (scipy max-flow). Optionally a pixel-level graph cut in a thin band
+  along the region boundary, with the final GMMs. The result is painted at full resolution.
 """
 
 from __future__ import annotations
@@ -28,37 +30,54 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components, maxi
 
 from rsagent.segmenters.base import MaskPrompt, Prediction, Segmenter
 
+try:  # PyMaxflow (Boykov-Kolmogorov) is much faster on pixel grids; scipy's max-flow is the fallback
+    import maxflow as _maxflow
+except ImportError:  # pragma: no cover - depends on the environment
+    _maxflow = None
+
 # Trimap codes, as in OpenCV's GrabCut.
 BGD, FGD, PR_BGD, PR_FGD = 0, 1, 2, 3
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_COLOUR_BITS = 5  # colour quantisation per RGB channel for the colour models (32^3 bins at most)
+_BACKEND = "bk"
+_PIXEL_GAMMA = 50.0  # GrabCut's smoothness weight, for the pixel-level boundary refinement
+# Pixel neighbour offsets (dy, dx) and their GrabCut distance weights, for the boundary refinement.
+_OFFSETS = ((0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0 / math.sqrt(2.0)), (1, -1, 1.0 / math.sqrt(2.0)))
 
 
 @dataclass
 class _Encoded:
-    """Prompt-independent state of one image."""
+    """Prompt-independent state of one image (all at the working resolution)."""
 
-    labels: np.ndarray  # (h, w) int32 region index per working-resolution pixel
+    labels: np.ndarray  # (h, w) int32 region of each pixel
     scale: float  # working pixels per image pixel (<= 1)
     count: np.ndarray  # (n,) float64 pixels per region
-    mean: np.ndarray  # (n, 3) float64 mean Lab colour
-    cov: np.ndarray  # (n, 3, 3) float64 colour covariance inside the region
-    centroid: np.ndarray  # (n, 2) float64 (x, y) in working pixels
-    edges: np.ndarray  # (m, 2) int64 region pairs (lo < hi)
-    edge_weight: np.ndarray  # (m,) float64 boundary length x exp(-beta * colour distance^2)
-    n_regions: int
+    centroid: np.ndarray  # (n, 2) float64 (x, y)
+    bins: np.ndarray  # (h, w) int32 quantised colour bin of each pixel
+    bin_colour: np.ndarray  # (b, 3) float64 mean Lab colour of each bin
+    hist: sparse.csr_matrix  # (n, b) pixels of each colour bin in each region
+    hist_t: sparse.csr_matrix  # (b, n) its transpose
+    edges: np.ndarray  # (m, 2) int64 adjacent region pairs (lo < hi)
+    edge_weight: np.ndarray  # (m,) float64 shared boundary length x exp(-beta * colour distance^2)
+    pixel_weight: np.ndarray  # (4, h, w) float32 exp(-beta * d^2) / distance to the neighbour at _OFFSETS
+
+    @property
+    def n_regions(self) -> int:
+        return len(self.count)
 
 
 class GrabCutSegmenter(Segmenter):
     """GrabCut's energy on SLIC superpixels: encode once per image, each prompt is a small graph cut.
 
     Args:
-        n_regions: target number of superpixels (the SLIC region size is derived from it) when
-            `region_size` is not given.
+        n_regions: target number of superpixels (sets the SLIC region size) unless `region_size` is given.
         region_size: SLIC region size in working pixels (overrides `n_regions`).
-        iterations: GrabCut iterations (GMM re-fit + cut) per prompt.
-        gamma: weight of the smoothness term per unit of shared boundary.
+        iterations: GrabCut iterations (GMM re-fit + cut) per prompt, at most.
+        gamma: smoothness weight per unit of shared region boundary.
         components: Gaussians per colour model.
+        boundary_band: half-width in working pixels of the band along the region boundary that is
+            re-cut at pixel level with the final colour models (0: no refinement).
         max_side: long side of the working resolution; larger images are downscaled for encoding and
             the mask is upsampled back.
         click_radius: pixels (working resolution) around a click whose regions become hard seeds.
@@ -68,18 +87,21 @@ class GrabCutSegmenter(Segmenter):
     name = "grabcut"
 
     def __init__(self, n_regions: int = 3000, region_size: int | None = None, iterations: int = 5,
-                 gamma: float = 50.0, components: int = 5, max_side: int = 1024,
+                 gamma: float = 25.0, components: int = 5, boundary_band: int = 0, max_side: int = 1024,
                  click_radius: int = 3, cache_size: int = 8) -> None:
         super().__init__(cache_size=cache_size)
-        if iterations < 1 or components < 1 or max_side < 16 or n_regions < 2:
-            raise ValueError("iterations and components must be >= 1, max_side >= 16, n_regions >= 2")
+        if iterations < 1 or components < 1 or n_regions < 2 or max_side < 16:
+            raise ValueError("need iterations >= 1, components >= 1, n_regions >= 2, max_side >= 16")
         if region_size is not None and region_size < 2:
             raise ValueError("region_size must be >= 2")
+        if gamma < 0 or boundary_band < 0 or click_radius < 0:
+            raise ValueError("gamma, boundary_band and click_radius must be >= 0")
         self.n_regions = n_regions
         self.region_size = region_size
         self.iterations = iterations
         self.gamma = float(gamma)
         self.components = components
+        self.boundary_band = boundary_band
         self.max_side = max_side
         self.click_radius = click_radius
 
@@ -87,7 +109,7 @@ class GrabCutSegmenter(Segmenter):
     def identifier(self) -> str:
         size = f"region_size={self.region_size}" if self.region_size else f"n_regions={self.n_regions}"
         return (f"grabcut-superpixel(slico {size}, max_side={self.max_side}, iterations={self.iterations}, "
-                f"gamma={self.gamma:g}, components={self.components})")
+                f"gamma={self.gamma:g}, components={self.components}, boundary_band={self.boundary_band})")
 
     # --- encoding ------------------------------------------------------------------------------
     def _encode(self, image: np.ndarray) -> _Encoded:
@@ -98,57 +120,64 @@ class GrabCutSegmenter(Segmenter):
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         h, w = work.shape[:2]
-        lab = cv2.cvtColor(work.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_RGB2Lab)  # L 0..100
+        lab = cv2.cvtColor(work.astype(np.float32) * (1.0 / 255.0), cv2.COLOR_RGB2Lab)  # L in 0..100
 
         labels = self._superpixels(work, h, w)
         n = int(labels.max()) + 1
         flat = labels.ravel()
         count = np.bincount(flat, minlength=n).astype(np.float64)
         colours = lab.reshape(-1, 3).astype(np.float64)
-        sums = np.stack([np.bincount(flat, colours[:, c], n) for c in range(3)], axis=1)
-        mean = sums / count[:, None]
-        second = np.empty((n, 3, 3))
-        for a in range(3):
-            for b in range(a, 3):
-                second[:, a, b] = second[:, b, a] = np.bincount(flat, colours[:, a] * colours[:, b], n)
-        cov = second / count[:, None, None] - mean[:, :, None] * mean[:, None, :]
+        mean = np.stack([np.bincount(flat, colours[:, c], n) for c in range(3)], axis=1) / count[:, None]
         ys, xs = np.divmod(np.arange(h * w, dtype=np.float64), w)
         centroid = np.stack([np.bincount(flat, xs, n), np.bincount(flat, ys, n)], axis=1) / count[:, None]
 
+        # Colour histograms: the GMMs are fit on, and evaluated at, the quantised colours, so a
+        # region's unary is exactly the sum of its pixels' unaries (up to quantisation).
+        q = (work >> (8 - _COLOUR_BITS)).astype(np.int64).reshape(-1, 3)
+        code = (q[:, 0] << (2 * _COLOUR_BITS)) | (q[:, 1] << _COLOUR_BITS) | q[:, 2]
+        _, bins = np.unique(code, return_inverse=True)
+        bins = bins.reshape(-1)
+        nb = int(bins.max()) + 1
+        bin_count = np.bincount(bins, minlength=nb).astype(np.float64)
+        bin_colour = np.stack([np.bincount(bins, colours[:, c], nb) for c in range(3)], axis=1) / bin_count[:, None]
+        hist = sparse.csr_matrix((np.ones(flat.size), (flat, bins)), shape=(n, nb))
+        hist.sum_duplicates()
+
         # Region adjacency from 4-connected pixel pairs; boundary length = number of crossing pairs.
-        pairs = []
+        a_parts, b_parts = [], []
         for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
             a, b = a.ravel(), b.ravel()
             diff = a != b
-            pairs.append((a[diff], b[diff]))
-        a = np.concatenate([p[0] for p in pairs]).astype(np.int64)
-        b = np.concatenate([p[1] for p in pairs]).astype(np.int64)
+            a_parts.append(a[diff])
+            b_parts.append(b[diff])
+        a = np.concatenate(a_parts).astype(np.int64)
+        b = np.concatenate(b_parts).astype(np.int64)
         key, length = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_counts=True)
         edges = np.stack([key // n, key % n], axis=1)
+        edge_weight = np.zeros(len(edges))
         if len(edges):
             dist2 = np.sum((mean[edges[:, 0]] - mean[edges[:, 1]]) ** 2, axis=1)
             mean_dist2 = float(np.average(dist2, weights=length))
             beta = 0.5 / mean_dist2 if mean_dist2 > 0 else 0.0
             edge_weight = length * np.exp(-beta * dist2)
-        else:
-            edge_weight = np.zeros(0)
-        return _Encoded(labels=labels, scale=scale, count=count, mean=mean, cov=cov, centroid=centroid,
-                        edges=edges, edge_weight=edge_weight, n_regions=n)
+
+        return _Encoded(labels=labels, scale=scale, count=count, centroid=centroid,
+                        bins=bins.reshape(h, w).astype(np.int32), bin_colour=bin_colour, hist=hist,
+                        hist_t=hist.T.tocsr(), edges=edges, edge_weight=edge_weight,
+                        pixel_weight=_pixel_weights(lab) if self.boundary_band else np.zeros((4, 0, 0), np.float32))
 
     def _superpixels(self, work: np.ndarray, h: int, w: int) -> np.ndarray:
         region_size = self.region_size or max(2, round(math.sqrt(h * w / self.n_regions)))
-        if h * w <= 4 or min(h, w) < 2 * region_size:
-            # Too small to bother: a regular grid of tiny cells.
+        if min(h, w) < 2 * region_size:
+            # Too small for SLIC: a regular grid of small cells.
             cell = max(1, min(h, w) // 4)
-            ys, xs = np.arange(h) // cell, np.arange(w) // cell
-            grid = ys[:, None] * (xs[-1] + 1) + xs[None, :]
-            return grid.astype(np.int32)
+            gy, gx = np.arange(h) // cell, np.arange(w) // cell
+            return (gy[:, None] * (gx[-1] + 1) + gx[None, :]).astype(np.int32)
         lab8 = cv2.cvtColor(cv2.GaussianBlur(work, (3, 3), 0), cv2.COLOR_RGB2Lab)
         slic = cv2.ximgproc.createSuperpixelSLIC(lab8, algorithm=cv2.ximgproc.SLICO, region_size=region_size)
         slic.iterate(10)
         slic.enforceLabelConnectivity(25)
-        labels = slic.getLabels()
-        _, inverse = np.unique(labels, return_inverse=True)  # make region ids contiguous
+        _, inverse = np.unique(slic.getLabels(), return_inverse=True)  # contiguous region ids
         return inverse.reshape(h, w).astype(np.int32)
 
     # --- prediction ----------------------------------------------------------------------------
@@ -159,54 +188,53 @@ class GrabCutSegmenter(Segmenter):
         h, w = state.labels.shape
         n = state.n_regions
 
+        clicks = None
         if points is not None and len(points):
-            if labels is None or not np.all((labels == 0) | (labels == 1)):
+            if not np.all((labels == 0) | (labels == 1)):
                 raise ValueError("labels must be 0 (background) or 1 (foreground)")
             inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
             if not inside.all():
                 raise ValueError(f"points outside the {width}x{height} image: {points[~inside].tolist()}")
-        else:
-            points, labels = None, None
-        if mask_prompt is not None and mask_prompt.mask.shape != (height, width):
-            raise ValueError(f"mask prompt shape {mask_prompt.mask.shape} != image shape {(height, width)}")
-
-        box_frac = None
-        if box is not None:
-            x0, y0, x1, y1 = (float(v) for v in box)
-            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-                raise ValueError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {box}")
-            bx0 = min(max(math.floor(x0 * s), 0), w)
-            by0 = min(max(math.floor(y0 * s), 0), h)
-            bx1 = min(max(math.ceil(x1 * s), 0), w)
-            by1 = min(max(math.ceil(y1 * s), 0), h)
-            if bx1 <= bx0 or by1 <= by0:
-                raise ValueError(f"box {box} lies outside the {width}x{height} image")
-            inside = np.bincount(state.labels[by0:by1, bx0:bx1].ravel(), minlength=n)
-            box_frac = inside / state.count
-            if not (box_frac >= 0.5).any():  # a box smaller than a region: take what it touches
-                box_frac = np.where(box_frac > 0, 1.0, 0.0)
-
-        clicks = None
-        if points is not None:
             px = np.clip(np.floor((points[:, 0] + 0.5) * s), 0, w - 1).astype(np.int64)
             py = np.clip(np.floor((points[:, 1] + 0.5) * s), 0, h - 1).astype(np.int64)
             clicks = (px, py, labels)
+        if mask_prompt is not None and np.shape(mask_prompt.mask) != (height, width):
+            raise ValueError(f"mask prompt shape {np.shape(mask_prompt.mask)} != image shape {(height, width)}")
 
-        # The starting trimap over regions.
+        box_frac = None
+        box_px = None
+        if box is not None:
+            if len(box) != 4:
+                raise ValueError(f"box must be (x0, y0, x1, y1), got {box}")
+            x0, y0, x1, y1 = (float(v) for v in box)
+            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+                raise ValueError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {box}")
+            bx0, by0 = min(max(math.floor(x0 * s), 0), w), min(max(math.floor(y0 * s), 0), h)
+            bx1, by1 = min(max(math.ceil(x1 * s), 0), w), min(max(math.ceil(y1 * s), 0), h)
+            if bx1 <= bx0 or by1 <= by0:
+                raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
+            box_px = (bx0, by0, bx1, by1)
+            box_frac = np.bincount(state.labels[by0:by1, bx0:bx1].ravel(), minlength=n) / state.count
+            if not (box_frac >= 0.5).any():  # a box smaller than any region: take what it touches
+                box_frac = (box_frac > 0).astype(np.float64)
+
+        # The starting label map over regions.
         trimap = np.full(n, PR_BGD, np.int8)
+        hard_outside = False
         if mask_prompt is not None:
-            prior = mask_prompt.mask.astype(np.float32)
+            prior = np.asarray(mask_prompt.mask, bool).astype(np.float32)
             if s < 1.0:
                 prior = cv2.resize(prior, (w, h), interpolation=cv2.INTER_AREA)
             frac = np.bincount(state.labels.ravel(), prior.ravel().astype(np.float64), n) / state.count
             trimap[frac >= 0.5] = PR_FGD
         elif box_frac is not None:
-            soft_outside = False
+            # Outside the box is definite background, unless a foreground click lies out there.
+            hard_outside = True
             if clicks is not None:
-                pos = clicks[2] == 1
-                soft_outside = bool(np.any(pos & ((clicks[0] < bx0) | (clicks[0] >= bx1)
-                                                  | (clicks[1] < by0) | (clicks[1] >= by1))))
-            trimap[:] = PR_BGD if soft_outside else BGD
+                bx0, by0, bx1, by1 = box_px
+                out = (clicks[0] < bx0) | (clicks[0] >= bx1) | (clicks[1] < by0) | (clicks[1] >= by1)
+                hard_outside = not bool(np.any(out & (clicks[2] == 1)))
+            trimap[:] = BGD if hard_outside else PR_BGD
             trimap[box_frac >= 0.5] = PR_FGD
         elif clicks is not None and np.any(clicks[2] == 1):
             # Clicks only: start from a neighbourhood of the positive clicks.
@@ -218,13 +246,20 @@ class GrabCutSegmenter(Segmenter):
         if clicks is not None:
             self._apply_clicks(state, trimap, clicks)
 
-        seg, posterior = self._grabcut(state, trimap)
+        seg, posterior, ll = self._grabcut(state, trimap)
+        if box is None and mask_prompt is None and seg.any():
+            seg = self._keep_seeded(state, seg, trimap)
         if not seg.any():
             return Prediction(masks=np.zeros((1, height, width), bool), scores=np.zeros(1, np.float32))
-        if box is None and mask_prompt is None:
-            seg = self._keep_seeded(state, seg, trimap)
         score = float(np.average(posterior[seg], weights=state.count[seg]))
-        mask = self._paint(state, seg, shape)
+        work = seg[state.labels]
+        if self.boundary_band and ll is not None:
+            hard = (trimap == FGD) | (trimap == BGD)
+            work = self._refine_band(state, work, hard[state.labels], ll)
+        mask = work
+        if work.shape != (height, width):
+            up = cv2.resize(work.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+            mask = up >= 0.5
         return Prediction(masks=mask[None], scores=np.array([score], np.float32))
 
     def _apply_clicks(self, state: _Encoded, trimap: np.ndarray, clicks) -> None:
@@ -236,162 +271,232 @@ class GrabCutSegmenter(Segmenter):
         for x, y, lab in zip(*clicks):
             ys, xs = y + yy[disc], x + xx[disc]
             ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-            regions = np.unique(state.labels[ys[ok], xs[ok]])
-            trimap[regions] = FGD if lab == 1 else BGD
+            trimap[np.unique(state.labels[ys[ok], xs[ok]])] = FGD if lab == 1 else BGD
             trimap[state.labels[y, x]] = FGD if lab == 1 else BGD
 
-    def _grabcut(self, state: _Encoded, trimap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Iterate GMM fit + min cut over regions; returns (foreground bool (n,), fg posterior (n,))."""
+    def _grabcut(self, state: _Encoded, trimap: np.ndarray):
+        """GrabCut iterations over regions.
+
+        Returns (foreground (n,) bool, foreground posterior per region (n,), (ll_fg, ll_bg) per colour
+        bin from the last colour models, or None when no models were fit).
+        """
         seg = (trimap == FGD) | (trimap == PR_FGD)
-        posterior = np.zeros(state.n_regions)
-        if not seg.any():
-            return seg, posterior
-        if seg.all() and not (trimap == BGD).any():
-            return seg, np.ones(state.n_regions)
+        if not seg.any() or (seg.all() and not (trimap == BGD).any()) or seg.all():
+            return seg, seg.astype(np.float64), None
         rng = np.random.default_rng(0)
-        fg_assign = bg_assign = None
-        weights = state.count
+        colour = state.bin_colour
+        assign: list[np.ndarray | None] = [None, None]
+        posterior, ll = np.zeros(state.n_regions), None
         for _ in range(self.iterations):
             if not seg.any() or seg.all():
                 break
-            fg_gmm, fg_assign = _fit_gmm(state.mean[seg], state.cov[seg], weights[seg], self.components, rng,
-                                         None if fg_assign is None else fg_assign)
-            bg_gmm, bg_assign = _fit_gmm(state.mean[~seg], state.cov[~seg], weights[~seg], self.components, rng,
-                                         None if bg_assign is None else bg_assign)
-            ll_fg = _gmm_loglik(fg_gmm, state.mean)
-            ll_bg = _gmm_loglik(bg_gmm, state.mean)
-            new = self._cut(state, trimap, -ll_fg * weights, -ll_bg * weights)
-            posterior = 1.0 / (1.0 + np.exp(np.clip(ll_bg - ll_fg, -50, 50)))
+            lls = []
+            for j, side in enumerate((seg, ~seg)):
+                weight = state.hist_t @ side.astype(np.float64)  # pixels of each colour on this side
+                used = weight > 0
+                gmm = _fit_gmm(colour[used], weight[used], self.components, rng,
+                               None if assign[j] is None else assign[j][used])
+                comp = _component_loglik(gmm, colour)
+                assign[j] = comp.argmax(axis=1)  # GrabCut's step 1 (component assignment) for next round
+                top = comp.max(axis=1)
+                lls.append(top + np.log(np.exp(comp - top[:, None]).sum(axis=1)))
+            ll = (lls[0], lls[1])
+            hard_fg, hard_bg = trimap == FGD, trimap == BGD
+            new = _min_cut(state.hist @ -ll[1], state.hist @ -ll[0], state.edges,
+                           self.gamma * state.edge_weight, hard_fg, hard_bg)
+            post_bin = 1.0 / (1.0 + np.exp(np.clip(ll[1] - ll[0], -50.0, 50.0)))
+            posterior = (state.hist @ post_bin) / state.count
             changed = not np.array_equal(new, seg)
-            # Component assignments belong to the previous labelling; re-derive them next round.
-            fg_assign = _assign(fg_gmm, state.mean[new]) if new.any() else None
-            bg_assign = _assign(bg_gmm, state.mean[~new]) if (~new).any() else None
             seg = new
             if not changed:
                 break
-        return seg, posterior
+        return seg, posterior, ll
 
-    def _cut(self, state: _Encoded, trimap: np.ndarray, cost_fg: np.ndarray, cost_bg: np.ndarray) -> np.ndarray:
-        """Min cut: source side = foreground. cost_fg/cost_bg: unary cost of each label per region."""
-        n = state.n_regions
-        base = np.minimum(cost_fg, cost_bg)
-        cap_src = cost_bg - base  # paid when the region ends up background
-        cap_snk = cost_fg - base
-        hard_fg, hard_bg = trimap == FGD, trimap == BGD
-        cap_src[hard_fg | hard_bg] = 0.0
-        cap_snk[hard_fg | hard_bg] = 0.0
-        pair = self.gamma * state.edge_weight
-        finite = float(cap_src.sum() + cap_snk.sum() + 2.0 * pair.sum())
-        unit = (2 ** 28) / max(finite, 1e-9)  # integer capacities: scale so sums fit in int32
-        inf = 2 ** 29
-        src_cap = np.round(cap_src * unit).astype(np.int64)
-        snk_cap = np.round(cap_snk * unit).astype(np.int64)
-        src_cap[hard_fg] = inf
-        snk_cap[hard_bg] = inf
-        pair_cap = np.round(pair * unit).astype(np.int64)
-        source, sink = n, n + 1
-        nodes = np.arange(n)
-        e0, e1 = state.edges[:, 0], state.edges[:, 1]
-        rows = np.concatenate([np.full(n, source), nodes, e0, e1, nodes, np.full(n, sink)])
-        cols = np.concatenate([nodes, np.full(n, sink), e1, e0, np.full(n, source), nodes])
-        caps = np.concatenate([src_cap, snk_cap, pair_cap, pair_cap, np.zeros(n, np.int64), np.zeros(n, np.int64)])
-        graph = sparse.csr_matrix((caps.astype(np.int32), (rows, cols)), shape=(n + 2, n + 2))
-        graph.sort_indices()
-        flow = maximum_flow(graph, source, sink).flow
-        residual = (graph - flow).tocsr()
-        residual.data = (residual.data > 0).astype(np.int8)
-        residual.eliminate_zeros()
-        reached = breadth_first_order(residual, source, directed=True, return_predecessors=False)
-        fg = np.zeros(n + 2, bool)
-        fg[reached] = True
-        return fg[:n]
+    def _refine_band(self, state: _Encoded, work: np.ndarray, fixed: np.ndarray, ll) -> np.ndarray:
+        """Pixel-level GrabCut cut in a band along the region boundary; outside it the labels stay."""
+        h, w = work.shape
+        m8 = work.astype(np.uint8)
+        r = self.boundary_band
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        edge = cv2.morphologyEx(m8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        band = (cv2.dilate(edge.astype(np.uint8), kernel) > 0) & ~fixed
+        nodes = np.flatnonzero(band.ravel())
+        if nodes.size == 0:
+            return work
+        index = np.full(h * w, -1, np.int64)
+        index[nodes] = np.arange(nodes.size)
+        bins = state.bins.ravel()[nodes]
+        src = -ll[1][bins]  # cost of background
+        snk = -ll[0][bins]  # cost of foreground
+        flat = work.ravel()
+        e0s, e1s, ws = [], [], []
+        ys, xs = np.divmod(nodes, w)
+        for k, (dy, dx, _) in enumerate(_OFFSETS):
+            for sign in (1, -1):  # the neighbour in each direction, both ways
+                ny, nx = ys + sign * dy, xs + sign * dx
+                ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+                if sign == 1:
+                    wt = state.pixel_weight[k, ys[ok], xs[ok]]
+                else:
+                    wt = state.pixel_weight[k, ny[ok], nx[ok]]
+                wt = _PIXEL_GAMMA * wt.astype(np.float64)
+                me = np.flatnonzero(ok)
+                other = ny[ok] * w + nx[ok]
+                inner = index[other] >= 0
+                if sign == 1:  # each in-band pair once
+                    e0s.append(me[inner])
+                    e1s.append(index[other[inner]])
+                    ws.append(wt[inner])
+                # A fixed-label neighbour outside the band pulls towards its label.
+                outer = ~inner
+                fg_nb = flat[other[outer]]
+                np.add.at(src, me[outer][fg_nb], wt[outer][fg_nb])
+                np.add.at(snk, me[outer][~fg_nb], wt[outer][~fg_nb])
+        edges = np.stack([np.concatenate(e0s), np.concatenate(e1s)], axis=1)
+        none = np.zeros(nodes.size, bool)
+        fg = _min_cut(src, snk, edges, np.concatenate(ws), none, none)
+        out = flat.copy()
+        out[nodes] = fg
+        return out.reshape(h, w)
 
     def _keep_seeded(self, state: _Encoded, seg: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """Clicks only: keep the foreground regions connected (in the region graph) to a positive seed."""
+        seeds = seg & (trimap == FGD)
+        if not seeds.any():
+            return seg
         e = state.edges[seg[state.edges[:, 0]] & seg[state.edges[:, 1]]]
         n = state.n_regions
         adj = sparse.csr_matrix((np.ones(len(e), np.int8), (e[:, 0], e[:, 1])), shape=(n, n))
         _, comp = connected_components(adj, directed=False)
-        seeds = seg & (trimap == FGD)
-        if not seeds.any():
-            return seg
         return seg & np.isin(comp, np.unique(comp[seeds]))
 
-    def _paint(self, state: _Encoded, seg: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """Region labels to a bool mask at the image's full resolution."""
-        work = seg[state.labels]
-        if work.shape == tuple(shape):
-            return work
-        up = cv2.resize(work.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        return up >= 0.5
+
+# --- graph cut ---------------------------------------------------------------------------------
+def _min_cut(cost_bg: np.ndarray, cost_fg: np.ndarray, edges: np.ndarray, pair: np.ndarray,
+             hard_fg: np.ndarray, hard_bg: np.ndarray) -> np.ndarray:
+    """Minimise sum of unaries + sum over cut edges of `pair`; returns the foreground (source side).
+
+    cost_bg/cost_fg: each node's cost of being background/foreground; hard_fg/hard_bg: nodes with
+    infinite-capacity terminal links. Capacities are scaled to int32 for scipy's max-flow; the
+    source side of the min cut is what the source still reaches in the residual graph.
+    """
+    n = len(cost_bg)
+    base = np.minimum(cost_fg, cost_bg)
+    cap_src = np.where(hard_fg | hard_bg, 0.0, cost_bg - base)
+    cap_snk = np.where(hard_fg | hard_bg, 0.0, cost_fg - base)
+    finite = float(cap_src.sum() + cap_snk.sum() + 2.0 * pair.sum())
+    if _maxflow is not None and _BACKEND == "bk":
+        big = 2.0 * finite + 1.0
+        g = _maxflow.Graph[float](n, len(edges))
+        ids = g.add_nodes(n)
+        g.add_grid_tedges(ids, np.where(hard_fg, big, cap_src), np.where(hard_bg, big, cap_snk))
+        if len(edges):
+            g.add_edges(edges[:, 0].astype(np.int32), edges[:, 1].astype(np.int32), pair, pair)
+        g.maxflow()
+        return ~g.get_grid_segments(ids)
+    unit = float(2 ** 28) / max(finite, 1e-12)
+    src = np.round(cap_src * unit).astype(np.int64)
+    snk = np.round(cap_snk * unit).astype(np.int64)
+    src[hard_fg] = 2 ** 29
+    snk[hard_bg] = 2 ** 29
+    pair_cap = np.round(pair * unit).astype(np.int64)
+    source, sink = n, n + 1
+    nodes = np.arange(n)
+    e0, e1 = edges[:, 0], edges[:, 1]
+    zeros = np.zeros(n, np.int64)
+    rows = np.concatenate([np.full(n, source), nodes, e0, e1, nodes, np.full(n, sink)])
+    cols = np.concatenate([nodes, np.full(n, sink), e1, e0, np.full(n, source), nodes])
+    caps = np.concatenate([src, snk, pair_cap, pair_cap, zeros, zeros]).astype(np.int32)
+    graph = sparse.csr_matrix((caps, (rows, cols)), shape=(n + 2, n + 2))
+    flow = maximum_flow(graph, source, sink).flow
+    residual = (graph - flow).tocsr()
+    residual.data = (residual.data > 0).astype(np.int8)
+    residual.eliminate_zeros()
+    reached = breadth_first_order(residual, source, directed=True, return_predecessors=False)
+    fg = np.zeros(n + 2, bool)
+    fg[reached] = True
+    return fg[:n]
 
 
-# --- weighted GMMs on region statistics ------------------------------------------------------------
+def _pixel_weights(lab: np.ndarray) -> np.ndarray:
+    """GrabCut's pixel smoothness weights exp(-beta |z_m - z_n|^2) / dist for the 4 forward neighbours."""
+    h, w = lab.shape[:2]
+    diffs = []
+    for dy, dx, _ in _OFFSETS:
+        d = np.zeros((h, w), np.float32)
+        ys0, ys1 = 0, h - dy
+        xs0, xs1 = max(0, -dx), w - max(0, dx)
+        a = lab[ys0:ys1, xs0:xs1]
+        b = lab[ys0 + dy:ys1 + dy, xs0 + dx:xs1 + dx]
+        d[ys0:ys1, xs0:xs1] = ((a - b) ** 2).sum(axis=2)
+        valid = np.zeros((h, w), bool)
+        valid[ys0:ys1, xs0:xs1] = True
+        diffs.append((d, valid))
+    total = sum(float(d[v].sum()) for d, v in diffs)
+    npairs = sum(int(v.sum()) for _, v in diffs)
+    beta = 0.5 / (total / npairs) if npairs and total > 0 else 0.0
+    out = np.zeros((4, h, w), np.float32)
+    for k, ((d, valid), (_, _, dist)) in enumerate(zip(diffs, _OFFSETS)):
+        out[k] = np.where(valid, np.exp(-beta * d) * dist, 0.0)
+    return out
+
+
+# --- weighted GMMs on quantised colours ----------------------------------------------------------
 @dataclass
 class _GMM:
-    weight: np.ndarray  # (k,)
     mean: np.ndarray  # (k, 3)
     inv: np.ndarray  # (k, 3, 3) inverse covariances
     log_norm: np.ndarray  # (k,) log weight - 0.5 * (log det cov + 3 log 2 pi)
 
 
-def _kmeanspp(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator, iters: int = 10) -> np.ndarray:
-    """Weighted k-means with k-means++ seeding; returns an assignment (len(x),)."""
-    p = w / w.sum()
-    centres = [x[rng.choice(len(x), p=p)]]
+def _kmeans(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator, iters: int = 10) -> np.ndarray:
+    """Weighted k-means with k-means++ seeding; returns the assignment (len(x),)."""
+    sq = (x * x).sum(axis=1)
+    centres = x[[rng.choice(len(x), p=w / w.sum())]]
+    d2 = ((x - centres[0]) ** 2).sum(axis=1)
     for _ in range(1, k):
-        d2 = ((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1).min(axis=1)
         q = w * d2
         if q.sum() <= 0:
             break
-        centres.append(x[rng.choice(len(x), p=q / q.sum())])
-    c = np.asarray(centres)
+        c = x[rng.choice(len(x), p=q / q.sum())]
+        centres = np.vstack([centres, c])
+        d2 = np.minimum(d2, ((x - c) ** 2).sum(axis=1))
     assign = np.zeros(len(x), np.int64)
-    for _ in range(iters):
-        assign = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(axis=1)
-        tot = np.bincount(assign, w, len(c))
+    for it in range(iters):
+        dist = sq[:, None] - 2.0 * x @ centres.T + (centres * centres).sum(axis=1)[None]
+        new = dist.argmin(axis=1)
+        if it > 0 and np.array_equal(new, assign):
+            break
+        assign = new
+        tot = np.bincount(assign, w, len(centres))
+        sums = np.stack([np.bincount(assign, w * x[:, j], len(centres)) for j in range(3)], axis=1)
         keep = tot > 0
-        new = np.stack([np.bincount(assign, w * x[:, j], len(c)) for j in range(x.shape[1])], axis=1)
-        c = np.where(keep[:, None], new / np.maximum(tot, 1e-12)[:, None], c)
+        centres = np.where(keep[:, None], sums / np.maximum(tot, 1e-12)[:, None], centres)
     return assign
 
 
-def _fit_gmm(mean: np.ndarray, cov: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator,
-             assign: np.ndarray | None) -> tuple[_GMM, np.ndarray]:
-    """Hard-assignment GMM fit (GrabCut's step 2) on regions with pixel-count weights.
-
-    Component covariances use the regions' inner covariances too, i.e. the statistics of the pixels.
-    """
-    k = max(1, min(k, len(mean)))
-    if assign is None or len(assign) != len(mean):
-        assign = _kmeanspp(mean, w, k, rng)
-    _, assign = np.unique(assign, return_inverse=True)
+def _fit_gmm(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator, assign: np.ndarray | None) -> _GMM:
+    """GrabCut's step 2: Gaussians from a hard assignment of weighted colours (k-means if none yet)."""
+    k = max(1, min(k, len(x)))
+    if assign is None:
+        assign = _kmeans(x, w, k, rng)
+    _, assign = np.unique(assign, return_inverse=True)  # drop empty components
     k = int(assign.max()) + 1
     tot = np.bincount(assign, w, k)
-    mu = np.stack([np.bincount(assign, w * mean[:, j], k) for j in range(3)], axis=1) / tot[:, None]
-    d = mean - mu[assign]
-    scatter = cov + d[:, :, None] * d[:, None, :]
-    sig = np.stack([np.stack([np.bincount(assign, w * scatter[:, a, b], k) for b in range(3)], axis=1)
-                    for a in range(3)], axis=1) / tot[:, None, None]
-    sig = sig + np.eye(3)[None] * 0.5  # regulariser, Lab units
-    inv = np.linalg.inv(sig)
+    mu = np.stack([np.bincount(assign, w * x[:, j], k) for j in range(3)], axis=1) / tot[:, None]
+    d = x - mu[assign]
+    sig = np.empty((k, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            sig[:, a, b] = sig[:, b, a] = np.bincount(assign, w * d[:, a] * d[:, b], k) / tot
+    sig += np.eye(3)[None] * 0.01  # GrabCut's regulariser
     _, logdet = np.linalg.slogdet(sig)
     weight = tot / tot.sum()
-    gmm = _GMM(weight=weight, mean=mu, inv=inv, log_norm=np.log(weight) - 0.5 * (logdet + 3 * _LOG_2PI))
-    return gmm, assign
+    return _GMM(mean=mu, inv=np.linalg.inv(sig), log_norm=np.log(weight) - 0.5 * (logdet + 3 * _LOG_2PI))
 
 
 def _component_loglik(gmm: _GMM, x: np.ndarray) -> np.ndarray:
-    d = x[:, None, :] - gmm.mean[None]  # (n, k, 3)
-    maha = np.einsum("nki,kij,nkj->nk", d, gmm.inv, d)
-    return gmm.log_norm[None] - 0.5 * maha
-
-
-def _gmm_loglik(gmm: _GMM, x: np.ndarray) -> np.ndarray:
-    comp = _component_loglik(gmm, x)
-    top = comp.max(axis=1)
-    return top + np.log(np.exp(comp - top[:, None]).sum(axis=1))
-
-
-def _assign(gmm: _GMM, x: np.ndarray) -> np.ndarray:
-    return _component_loglik(gmm, x).argmax(axis=1)
+    """log(weight_k N(x; mu_k, S_k)) for each row of x (n, k)."""
+    d = x[None, :, :] - gmm.mean[:, None, :]  # (k, n, 3)
+    maha = (np.matmul(d, gmm.inv) * d).sum(axis=2)
+    return (gmm.log_norm[:, None] - 0.5 * maha).T

@@ -42,6 +42,7 @@ parameters, runs in a fraction of a second on CPU) and `sam2_config("tiny-size" 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import warnings
@@ -65,6 +66,8 @@ MASK_PROMPT_LOGIT = 10.0
 LOGIT_CLAMP = 32.0
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
+# the hub's SAM2.1 checkpoints are saved as 'sam2_video' (Sam2VideoModel); Sam2Model loads their image part
+_MODEL_TYPES = ("sam2", "sam2_video")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -220,6 +223,14 @@ def load_sam2_model(model: str):
         if missing:
             raise ModelLoadError(f"cannot load SAM2 model {model!r}: the directory has no "
                                  f"{' and no '.join(missing)}; {how}")
+        try:
+            model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"cannot load SAM2 model {model!r}: config.json is unreadable "
+                                 f"({_first_line(exc)}); {how}") from None
+        if model_type not in _MODEL_TYPES:
+            raise ModelLoadError(f"cannot load SAM2 model {model!r}: config.json describes a {model_type!r} "
+                                 f"model, not SAM2 ({' or '.join(_MODEL_TYPES)}); {how}")
         sources = [dict(local_files_only=True)]
         source, is_hub = str(path), False
     else:  # a hub id: the local HF cache first, then the hub if it can be reached
@@ -229,7 +240,7 @@ def load_sam2_model(model: str):
     verbosity = hf_logging.get_verbosity()
     for kwargs in sources:
         try:
-            hf_logging.set_verbosity_error()  # the cache miss of the first attempt is not news
+            hf_logging.set_verbosity_error()  # a cache miss, or 'sam2_video config for a sam2 model', is not news
             net, info = Sam2Model.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
                                                   **kwargs)
             break
@@ -244,9 +255,6 @@ def load_sam2_model(model: str):
             reason = _first_line(error) if error is not None else "unknown error"
         fetch = f"download it where there is network (hf download {model} --local-dir DIR) and " if is_hub else ""
         raise ModelLoadError(f"cannot load SAM2 model {model!r}: {reason}; {fetch}{how}") from None
-    if getattr(net.config, "model_type", None) != "sam2":
-        raise ModelLoadError(f"cannot load SAM2 model {model!r}: its config is a "
-                             f"{net.config.model_type!r} model, not 'sam2'")
     missing_keys = list(info.get("missing_keys", []))
     n_params = len(net.state_dict())
     if missing_keys and len(missing_keys) > n_params // 2:
