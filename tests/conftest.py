@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("RSAGENT_SHARED_DATA", "/work/shared/data"))
+# CI clones the repo with shared/ beside it: ../shared/data relative to the checkout.
+SHARED_DATA = Path(os.environ.get("RSAGENT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 COCO128 = "coco128-seg"
 
 

@@ -26,7 +26,6 @@ from rsagent.segmenters.sam2 import (  # noqa: E402
     upsample_logits,
 )
 
-COCO = Path("/work/shared/data/coco128-seg/images/train2017")
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +40,10 @@ def model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def images() -> list[np.ndarray]:
-    if not COCO.is_dir():
-        pytest.skip(f"{COCO} is absent")
-    files = sorted(COCO.glob("*.jpg"))[:2]
+def images(coco128_root: Path) -> list[np.ndarray]:
+    files = sorted((coco128_root / "images" / "train2017").glob("*.jpg"))[:2]
     if len(files) < 2:
-        pytest.skip(f"{COCO} has fewer than 2 images")
+        pytest.skip(f"{coco128_root} has fewer than 2 images")
     return [load_image(f) for f in files]
 
 
