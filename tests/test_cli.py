@@ -83,7 +83,7 @@ def test_segment_writes_outputs_and_reports_the_iou(target, gt_png, tmp_path):
         with Image.open(out / f"turn_{turn.index:02d}.png") as im:
             view = views[turn.observation.images[0].view_id] if turn.observation.images else views[0]
             assert im.size == view.size and im.mode == "RGB"
-    assert sorted(x.name for x in out.iterdir()) == sorted(["mask.png", "trajectory.json", *pngs])
+    assert sorted(x.name for x in out.iterdir()) == sorted(["index.html", "mask.png", "trajectory.json", *pngs])
 
 
 def test_segment_with_an_empty_ground_truth(target, tmp_path):
@@ -165,3 +165,36 @@ def test_directory_as_image_says_directory(target, gt_png, tmp_path):
     proc = run_cli("segment", tmp_path, "q", "--gt-mask", gt_png, cwd=tmp_path)
     assert proc.returncode == 2
     assert "directory" in proc.stderr and "no such file" not in proc.stderr
+
+
+def test_segment_with_sam2_from_a_local_directory(target, gt_png, tmp_path):
+    """The sam2 path end to end: a tiny random SAM2 saved with save_pretrained, loaded by the CLI."""
+    torch = pytest.importorskip("torch")
+    from transformers import Sam2Model
+
+    from rsagent.segmenters.sam2 import tiny_sam2_config
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "tiny-sam2"
+    Sam2Model(tiny_sam2_config()).save_pretrained(model_dir)
+    out = tmp_path / "out"
+    proc = run_cli("segment", target.image_path, target.query, "--gt-mask", gt_png, "--segmenter", "sam2",
+                   "--sam2-model", model_dir, "--device", "cpu", "--max-turns", "4", "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    traj = Trajectory.load(out / "trajectory.json")
+    assert traj.config["segmenter"] == str(model_dir)
+    assert traj.candidates and all(c.score is not None for c in traj.candidates)
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert mask.shape == (target.height, target.width) and set(np.unique(mask)) <= {0, 255}
+    assert len(list(out.glob("turn_*.png"))) == len(traj.turns)
+
+
+def test_index_html_shows_every_turn(target, gt_png, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("segment", target.image_path, target.query, "--gt-mask", gt_png, "--out", out,
+                   cwd=tmp_path).returncode == 0
+    page = (out / "index.html").read_text()
+    traj = Trajectory.load(out / "trajectory.json")
+    for turn in traj.turns:
+        assert f"src='turn_{turn.index:02d}.png'" in page and f"Turn {turn.index}" in page
+    assert target.query in page

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsagent.core.image import load_image, load_mask, save_image, save_mask
-from rsagent.core.mask import GroundTruth
+from rsagent.core.mask import GroundTruth, decode_rle
 from rsagent.core.trajectory import ImageRef, Trajectory
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.env.render import render_view
-from rsagent.core.mask import decode_rle
 from rsagent.policies.base import Policy
 from rsagent.runner import run_episode
 from rsagent.segmenters.base import Segmenter
+from rsagent.trajectory_page import trajectory_html
 
 
 @dataclass
@@ -35,8 +35,8 @@ def segment_image(image_path: str | Path, query: str, policy: Policy, segmenter:
                   out_dir: str | Path | None = None, sample_id: str | None = None) -> SegmentResult:
     """Segment `query` in the image at `image_path` with a policy and a segmenter.
 
-    With `out_dir`, writes mask.png (0/255, the image's size), trajectory.json and one overlay per
-    turn (turn_01.png, ...). With `gt_mask_path` (non-zero = target), the trajectory carries the IoU.
+    With `out_dir`, writes mask.png (0/255, the image's size), trajectory.json, one overlay per
+    turn (turn_01.png, ...) and index.html showing the turns. With `gt_mask_path` (non-zero = target), the trajectory carries the IoU.
     """
     image = load_image(image_path)
     gt = None
@@ -70,5 +70,8 @@ def write_outputs(traj: Trajectory, image, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_mask(out / "mask.png", decode_rle(traj.final["rle"]))
     traj.save(out / "trajectory.json")
+    names = []
     for index, picture in enumerate(turn_overlays(traj, image), start=1):
-        save_image(out / f"turn_{index:02d}.png", picture)
+        names.append(f"turn_{index:02d}.png")
+        save_image(out / names[-1], picture)
+    (out / "index.html").write_text(trajectory_html(traj, names), encoding="utf-8")

@@ -267,7 +267,11 @@ class Episode:
             logit_view, logits = self._logits.get(parent, (None, None))
             mask_prompt = MaskPrompt(view.mask_from_image(self._masks[parent]),
                                      logits if logit_view == view.id else None)
-        pred = self.segmenter.predict(box=box, points=points, labels=labels, mask_prompt=mask_prompt)
+        # Several masks only for an ambiguous prompt (one click, or a box alone), as in SAM's interactive use.
+        n_prompts = (box is not None) + (0 if points is None else len(points))
+        multimask = mask_prompt is None and n_prompts <= 1
+        pred = self.segmenter.predict(box=box, points=points, labels=labels, mask_prompt=mask_prompt,
+                                      multimask=multimask)
         best = int(np.argmax(pred.scores))
         full = view.mask_to_image(pred.masks[best], self.image_shape)
         cid = (self.candidates[-1].id + 1) if self.candidates else 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import sparse
-from scipy.sparse.csgraph import breadth_first_order, connected_components, maximum_flow
+from scipy.sparse.csgraph import breadth_first_order, connected_components, dijkstra, maximum_flow
 
 from rsagent.segmenters.base import MaskPrompt, Prediction, Segmenter
 
@@ -40,7 +40,15 @@ BGD, FGD, PR_BGD, PR_FGD = 0, 1, 2, 3
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _COLOUR_BITS = 5  # colour quantisation per RGB channel for the colour models (32^3 bins at most)
-_BACKEND = "bk"
+_MIN_FRACTION = 0.02  # a cut keeping less than this of the box / previous mask is rejected (collapse)
+_RECT_MARGIN = 0.1  # margin of the working rectangle around a mask prompt / clicks, x its long side
+_CLICK_EXTENT = 0.2  # clicks only: working rectangle margin, x the image diagonal
+# Refinement of a previous candidate (mask prompt + clicks):
+_LOCAL = 0.2  # regions farther than this x the working rectangle's long side from every click stay
+_KEEP = 3.0  # cost (nats per pixel) of leaving the starting label near the clicks
+_KEEP_SPREAD = 10.0  # ... in the regions a click's label was spread to
+_SPREAD = 1.5  # geodesic reach of a click, x the median colour step between adjacent regions
+_HOP_COST = 1.0  # geodesic distance added per region step (Lab units)
 _PIXEL_GAMMA = 50.0  # GrabCut's smoothness weight, for the pixel-level boundary refinement
 # Pixel neighbour offsets (dy, dx) and their GrabCut distance weights, for the boundary refinement.
 _OFFSETS = ((0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0 / math.sqrt(2.0)), (1, -1, 1.0 / math.sqrt(2.0)))
@@ -51,16 +59,18 @@ class _Encoded:
     """Prompt-independent state of one image (all at the working resolution)."""
 
     labels: np.ndarray  # (h, w) int32 region of each pixel
-    scale: float  # working pixels per image pixel (<= 1)
+    scale: tuple[float, float]  # working pixels per image pixel along x and y (<= 1)
     count: np.ndarray  # (n,) float64 pixels per region
     centroid: np.ndarray  # (n, 2) float64 (x, y)
-    bins: np.ndarray  # (h, w) int32 quantised colour bin of each pixel
+    mean: np.ndarray  # (n, 3) float64 mean Lab colour
+    geodesic: sparse.csr_matrix  # (n, n) symmetric: colour distance + a hop cost between adjacent regions
+    bins: np.ndarray  # (h, w) uint16 quantised colour bin of each pixel
     bin_colour: np.ndarray  # (b, 3) float64 mean Lab colour of each bin
     hist: sparse.csr_matrix  # (n, b) pixels of each colour bin in each region
     hist_t: sparse.csr_matrix  # (b, n) its transpose
     edges: np.ndarray  # (m, 2) int64 adjacent region pairs (lo < hi)
     edge_weight: np.ndarray  # (m,) float64 shared boundary length x exp(-beta * colour distance^2)
-    pixel_weight: np.ndarray  # (4, h, w) float32 exp(-beta * d^2) / distance to the neighbour at _OFFSETS
+    pixel_weight: np.ndarray  # (4, h, w) float16 exp(-beta * d^2) / distance to the neighbour at _OFFSETS
 
     @property
     def n_regions(self) -> int:
@@ -87,7 +97,7 @@ class GrabCutSegmenter(Segmenter):
     name = "grabcut"
 
     def __init__(self, n_regions: int = 3000, region_size: int | None = None, iterations: int = 5,
-                 gamma: float = 25.0, components: int = 5, boundary_band: int = 0, max_side: int = 1024,
+                 gamma: float = 35.0, components: int = 5, boundary_band: int = 6, max_side: int = 1024,
                  click_radius: int = 3, cache_size: int = 8) -> None:
         super().__init__(cache_size=cache_size)
         if iterations < 1 or components < 1 or n_regions < 2 or max_side < 16:
@@ -155,16 +165,19 @@ class GrabCutSegmenter(Segmenter):
         key, length = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_counts=True)
         edges = np.stack([key // n, key % n], axis=1)
         edge_weight = np.zeros(len(edges))
+        dist2 = np.sum((mean[edges[:, 0]] - mean[edges[:, 1]]) ** 2, axis=1)
+        step = np.sqrt(dist2) + _HOP_COST
+        geodesic = sparse.csr_matrix((np.concatenate([step, step]), (np.concatenate([edges[:, 0], edges[:, 1]]),
+                                      np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n))
         if len(edges):
-            dist2 = np.sum((mean[edges[:, 0]] - mean[edges[:, 1]]) ** 2, axis=1)
             mean_dist2 = float(np.average(dist2, weights=length))
             beta = 0.5 / mean_dist2 if mean_dist2 > 0 else 0.0
             edge_weight = length * np.exp(-beta * dist2)
 
-        return _Encoded(labels=labels, scale=scale, count=count, centroid=centroid,
-                        bins=bins.reshape(h, w).astype(np.int32), bin_colour=bin_colour, hist=hist,
-                        hist_t=hist.T.tocsr(), edges=edges, edge_weight=edge_weight,
-                        pixel_weight=_pixel_weights(lab) if self.boundary_band else np.zeros((4, 0, 0), np.float32))
+        return _Encoded(labels=labels, scale=(w / width, h / height), count=count, centroid=centroid, mean=mean,
+                        geodesic=geodesic, bins=bins.reshape(h, w).astype(np.uint16), bin_colour=bin_colour,
+                        hist=hist, hist_t=hist.T.tocsr(), edges=edges, edge_weight=edge_weight,
+                        pixel_weight=_pixel_weights(lab) if self.boundary_band else np.zeros((4, 0, 0), np.float16))
 
     def _superpixels(self, work: np.ndarray, h: int, w: int) -> np.ndarray:
         region_size = self.region_size or max(2, round(math.sqrt(h * w / self.n_regions)))
@@ -184,83 +197,173 @@ class GrabCutSegmenter(Segmenter):
     def _predict(self, state: _Encoded, shape: tuple[int, int], box, points, labels,
                  mask_prompt: MaskPrompt | None, multimask: bool) -> Prediction:
         height, width = shape
-        s = state.scale
         h, w = state.labels.shape
         n = state.n_regions
+        clicks = self._clicks(state, shape, points, labels)
+        box_px = self._box(state, shape, box)
+        prior = None  # the previous candidate at working resolution, as a float map
+        if mask_prompt is not None:
+            if np.shape(mask_prompt.mask) != (height, width):
+                raise ValueError(f"mask prompt shape {np.shape(mask_prompt.mask)} != image shape {(height, width)}")
+            prior = np.asarray(mask_prompt.mask, bool).astype(np.float32)
+            if prior.shape != (h, w):
+                prior = cv2.resize(prior, (w, h), interpolation=cv2.INTER_AREA)
+            if not (prior >= 0.5).any():
+                prior = None  # an empty candidate says nothing: prompt as if there were none
+        if box_px is None and prior is None and (clicks is None or not (clicks[2] == 1).any()):
+            # Nothing marks any foreground (e.g. only negative clicks): the empty mask.
+            return Prediction(masks=np.zeros((1, height, width), bool), scores=np.zeros(1, np.float32))
 
-        clicks = None
-        if points is not None and len(points):
-            if not np.all((labels == 0) | (labels == 1)):
-                raise ValueError("labels must be 0 (background) or 1 (foreground)")
-            inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
-            if not inside.all():
-                raise ValueError(f"points outside the {width}x{height} image: {points[~inside].tolist()}")
-            px = np.clip(np.floor((points[:, 0] + 0.5) * s), 0, w - 1).astype(np.int64)
-            py = np.clip(np.floor((points[:, 1] + 0.5) * s), 0, h - 1).astype(np.int64)
-            clicks = (px, py, labels)
-        if mask_prompt is not None and np.shape(mask_prompt.mask) != (height, width):
-            raise ValueError(f"mask prompt shape {np.shape(mask_prompt.mask)} != image shape {(height, width)}")
+        # Working rectangle: outside it regions are definite background, as GrabCut's rectangle.
+        # It is the box when the box is the whole story, else the extent of the box, the previous
+        # mask and the foreground clicks, with a margin (so foreground clicks outside a box can add).
+        extents = [] if box_px is None else [box_px]
+        if prior is not None:
+            ys, xs = np.nonzero(prior >= 0.5)
+            extents.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+        pos = None
+        if clicks is not None and (clicks[2] == 1).any():
+            pos = np.stack([clicks[0][clicks[2] == 1], clicks[1][clicks[2] == 1]], axis=1)
+            extents.append((int(pos[:, 0].min()), int(pos[:, 1].min()),
+                            int(pos[:, 0].max()) + 1, int(pos[:, 1].max()) + 1))
+        rect = (min(e[0] for e in extents), min(e[1] for e in extents),
+                max(e[2] for e in extents), max(e[3] for e in extents))
+        if rect != box_px:
+            if box_px is None and prior is None:  # clicks only: the object's size is unknown
+                margin = _CLICK_EXTENT * math.hypot(h, w)
+            else:
+                margin = _RECT_MARGIN * max(rect[2] - rect[0], rect[3] - rect[1]) + 2
+            rect = (max(0, int(rect[0] - margin)), max(0, int(rect[1] - margin)),
+                    min(w, int(math.ceil(rect[2] + margin))), min(h, int(math.ceil(rect[3] + margin))))
+        trimap = np.full(n, PR_BGD, np.int8)
+        trimap[_fraction_in(state, rect) < 0.5] = BGD
 
-        box_frac = None
-        box_px = None
-        if box is not None:
-            if len(box) != 4:
-                raise ValueError(f"box must be (x0, y0, x1, y1), got {box}")
-            x0, y0, x1, y1 = (float(v) for v in box)
-            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-                raise ValueError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {box}")
-            bx0, by0 = min(max(math.floor(x0 * s), 0), w), min(max(math.floor(y0 * s), 0), h)
-            bx1, by1 = min(max(math.ceil(x1 * s), 0), w), min(max(math.ceil(y1 * s), 0), h)
-            if bx1 <= bx0 or by1 <= by0:
-                raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
-            box_px = (bx0, by0, bx1, by1)
-            box_frac = np.bincount(state.labels[by0:by1, bx0:bx1].ravel(), minlength=n) / state.count
+        # The starting label map: the previous candidate, else the box, else around the clicks.
+        start = None
+        keep = None
+        iterations = self.iterations
+        min_fg = 0.0
+        if prior is not None:
+            prior_frac = np.bincount(state.labels.ravel(), prior.ravel().astype(np.float64), n) / state.count
+            start = prior_frac >= 0.5
+            if not start.any():  # a candidate smaller than any region: take what it touches most
+                start = prior_frac >= prior_frac.max()
+            min_fg = _MIN_FRACTION * float(state.count[start].sum())
+            weight = np.full(n, _KEEP)
+            near = np.ones(n, bool)
+            if clicks is not None:
+                # An edit (GrabCut's user editing: new seeds, then one cut with the models of the
+                # current labelling). Corrections are local: far from every click the labels stay;
+                # near them, each click's label spreads over a short geodesic colour distance, and
+                # leaving the starting label costs _KEEP per pixel (_KEEP_SPREAD where spread).
+                radius = getattr(self, '_local', _LOCAL) * max(rect[2] - rect[0], rect[3] - rect[1])
+                cxy = np.stack([clicks[0], clicks[1]], axis=1).astype(np.float64)
+                near = ((state.centroid[:, None, :] - cxy[None]) ** 2).sum(-1).min(axis=1) <= radius * radius
+                weight[self._spread_clicks(state, start, clicks, near)] = getattr(self, '_keep_spread', _KEEP_SPREAD)
+                iterations = 1
+            trimap[start] = PR_FGD
+            trimap[~near & start] = FGD
+            trimap[~near & ~start] = BGD
+            keep = weight * np.stack([start, ~start]).astype(np.float64)
+        elif box_px is not None:
+            box_frac = _fraction_in(state, box_px)
             if not (box_frac >= 0.5).any():  # a box smaller than any region: take what it touches
                 box_frac = (box_frac > 0).astype(np.float64)
-
-        # The starting label map over regions.
-        trimap = np.full(n, PR_BGD, np.int8)
-        hard_outside = False
-        if mask_prompt is not None:
-            prior = np.asarray(mask_prompt.mask, bool).astype(np.float32)
-            if s < 1.0:
-                prior = cv2.resize(prior, (w, h), interpolation=cv2.INTER_AREA)
-            frac = np.bincount(state.labels.ravel(), prior.ravel().astype(np.float64), n) / state.count
-            trimap[frac >= 0.5] = PR_FGD
-        elif box_frac is not None:
-            # Outside the box is definite background, unless a foreground click lies out there.
-            hard_outside = True
-            if clicks is not None:
-                bx0, by0, bx1, by1 = box_px
-                out = (clicks[0] < bx0) | (clicks[0] >= bx1) | (clicks[1] < by0) | (clicks[1] >= by1)
-                hard_outside = not bool(np.any(out & (clicks[2] == 1)))
-            trimap[:] = BGD if hard_outside else PR_BGD
             trimap[box_frac >= 0.5] = PR_FGD
-        elif clicks is not None and np.any(clicks[2] == 1):
-            # Clicks only: start from a neighbourhood of the positive clicks.
-            radius = 0.1 * math.hypot(h, w)
-            pos = clicks[2] == 1
-            cxy = np.stack([clicks[0][pos], clicks[1][pos]], axis=1).astype(np.float64)
-            d2 = ((state.centroid[:, None, :] - cxy[None, :, :]) ** 2).sum(-1).min(axis=1)
-            trimap[d2 <= radius * radius] = PR_FGD
+            # A box says there is an object in it: if iterating drains (almost) all of it, as
+            # GrabCut does on small or camouflaged objects, keep the last labelling that had one.
+            min_fg = _MIN_FRACTION * (box_px[2] - box_px[0]) * (box_px[3] - box_px[1])
+        else:
+            radius = 0.5 * _CLICK_EXTENT * math.hypot(h, w)
+            d2 = ((state.centroid[:, None, :] - pos[None, :, :].astype(np.float64)) ** 2).sum(-1).min(axis=1)
+            trimap[(d2 <= radius * radius) & (trimap != BGD)] = PR_FGD
         if clicks is not None:
             self._apply_clicks(state, trimap, clicks)
 
-        seg, posterior, ll = self._grabcut(state, trimap)
-        if box is None and mask_prompt is None and seg.any():
+        seg, posterior, ll = self._grabcut(state, trimap, min_fg, keep, iterations)
+        if box_px is None and prior is None and seg.any():
             seg = self._keep_seeded(state, seg, trimap)
         if not seg.any():
             return Prediction(masks=np.zeros((1, height, width), bool), scores=np.zeros(1, np.float32))
         score = float(np.average(posterior[seg], weights=state.count[seg]))
+
+        # Paint regions to pixels (a previous candidate is repainted at region level too: measured
+        # better over click sequences than keeping its pixels), then the optional pixel-level cut
+        # along the boundary, where labels are not fixed.
+        hard = (trimap == FGD) | (trimap == BGD)
         work = seg[state.labels]
+        fixed = hard[state.labels]
         if self.boundary_band and ll is not None:
-            hard = (trimap == FGD) | (trimap == BGD)
-            work = self._refine_band(state, work, hard[state.labels], ll)
+            work = self._refine_band(state, work, fixed, ll)
         mask = work
         if work.shape != (height, width):
             up = cv2.resize(work.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
             mask = up >= 0.5
         return Prediction(masks=mask[None], scores=np.array([score], np.float32))
+
+    @staticmethod
+    def _clicks(state: _Encoded, shape: tuple[int, int], points, labels):
+        """Validated clicks as (x, y, label) arrays in working pixels, or None."""
+        if points is None or len(points) == 0:
+            return None
+        height, width = shape
+        if not np.all(np.isfinite(points)):
+            raise ValueError("points must be finite")
+        if not np.all((labels == 0) | (labels == 1)):
+            raise ValueError(f"labels must be 0 (background) or 1 (foreground), got {labels.tolist()}")
+        inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+        if not inside.all():
+            raise ValueError(f"points outside the {width}x{height} image: {points[~inside].tolist()}")
+        h, w = state.labels.shape
+        sx, sy = state.scale
+        px = np.clip(np.floor((np.floor(points[:, 0]) + 0.5) * sx), 0, w - 1).astype(np.int64)
+        py = np.clip(np.floor((np.floor(points[:, 1]) + 0.5) * sy), 0, h - 1).astype(np.int64)
+        return px, py, labels.astype(np.int64)
+
+    @staticmethod
+    def _box(state: _Encoded, shape: tuple[int, int], box):
+        """A validated box in working pixels (x0, y0, x1, y1), clipped to the image, or None."""
+        if box is None:
+            return None
+        height, width = shape
+        vals = np.asarray(box, np.float64).reshape(-1)
+        if vals.size != 4 or not np.all(np.isfinite(vals)) or vals[2] <= vals[0] or vals[3] <= vals[1]:
+            raise ValueError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {box}")
+        h, w = state.labels.shape
+        sx, sy = state.scale
+        x0, y0 = min(max(math.floor(vals[0] * sx), 0), w), min(max(math.floor(vals[1] * sy), 0), h)
+        x1, y1 = min(max(math.ceil(vals[2] * sx), 0), w), min(max(math.ceil(vals[3] * sy), 0), h)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box {tuple(vals.tolist())} lies outside the {width}x{height} image")
+        return (x0, y0, x1, y1)
+
+    def _spread_clicks(self, state: _Encoded, start: np.ndarray, clicks, near: np.ndarray) -> np.ndarray:
+        """Each click gives its label to the regions within a short geodesic colour distance of its
+        region (the nearest click wins); returns which regions were reached."""
+        tau = _SPREAD * float(np.median(state.geodesic.data)) if state.geodesic.nnz else 0.0
+        src = state.labels[clicks[1], clicks[0]]
+        mode = getattr(self, "_spread_mode", "geo")
+        if mode == "flood":
+            delta = getattr(self, "_delta", 1.5) * float(np.median(state.geodesic.data))
+            hit = np.zeros(state.n_regions, bool)
+            e = state.edges
+            for k in range(len(src)):
+                close = np.linalg.norm(state.mean - state.mean[src[k]], axis=1) <= delta
+                close &= near
+                close[src[k]] = True
+                sub = e[close[e[:, 0]] & close[e[:, 1]]]
+                adj = sparse.csr_matrix((np.ones(len(sub), np.int8), (sub[:, 0], sub[:, 1])),
+                                        shape=(state.n_regions, state.n_regions))
+                _, comp = connected_components(adj, directed=False)
+                reach = comp == comp[src[k]]
+                start[reach] = clicks[2][k] == 1
+                hit |= reach
+            return hit
+        dist = np.atleast_2d(dijkstra(state.geodesic, directed=False, indices=src, limit=tau))
+        hit = np.isfinite(dist).any(axis=0)
+        best = dist.shape[0] - 1 - np.argmin(dist[::-1], axis=0)  # nearest click; later ones win ties
+        start[hit] = clicks[2][best[hit]] == 1
+        return hit
 
     def _apply_clicks(self, state: _Encoded, trimap: np.ndarray, clicks) -> None:
         """Regions under each click (and within click_radius) become hard seeds; later clicks win."""
@@ -271,23 +374,25 @@ class GrabCutSegmenter(Segmenter):
         for x, y, lab in zip(*clicks):
             ys, xs = y + yy[disc], x + xx[disc]
             ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-            trimap[np.unique(state.labels[ys[ok], xs[ok]])] = FGD if lab == 1 else BGD
-            trimap[state.labels[y, x]] = FGD if lab == 1 else BGD
+            regions = np.append(np.unique(state.labels[ys[ok], xs[ok]]), state.labels[y, x])
+            trimap[regions] = FGD if lab == 1 else BGD
 
-    def _grabcut(self, state: _Encoded, trimap: np.ndarray):
+    def _grabcut(self, state: _Encoded, trimap: np.ndarray, min_fg: float = 0.0, keep: np.ndarray | None = None,
+                 iterations: int | None = None):
         """GrabCut iterations over regions.
 
         Returns (foreground (n,) bool, foreground posterior per region (n,), (ll_fg, ll_bg) per colour
-        bin from the last colour models, or None when no models were fit).
+        bin from the colour models that produced the foreground, or None when there are none).
+        A cut that leaves fewer than `min_fg` pixels of foreground is rejected: iterating stops there.
         """
         seg = (trimap == FGD) | (trimap == PR_FGD)
-        if not seg.any() or (seg.all() and not (trimap == BGD).any()) or seg.all():
+        if not seg.any() or seg.all():
             return seg, seg.astype(np.float64), None
         rng = np.random.default_rng(0)
         colour = state.bin_colour
         assign: list[np.ndarray | None] = [None, None]
-        posterior, ll = np.zeros(state.n_regions), None
-        for _ in range(self.iterations):
+        posterior, ll, seg_ll = np.zeros(state.n_regions), None, None
+        for _ in range(iterations or self.iterations):
             if not seg.any() or seg.all():
                 break
             lls = []
@@ -301,16 +406,23 @@ class GrabCutSegmenter(Segmenter):
                 top = comp.max(axis=1)
                 lls.append(top + np.log(np.exp(comp - top[:, None]).sum(axis=1)))
             ll = (lls[0], lls[1])
-            hard_fg, hard_bg = trimap == FGD, trimap == BGD
-            new = _min_cut(state.hist @ -ll[1], state.hist @ -ll[0], state.edges,
-                           self.gamma * state.edge_weight, hard_fg, hard_bg)
             post_bin = 1.0 / (1.0 + np.exp(np.clip(ll[1] - ll[0], -50.0, 50.0)))
-            posterior = (state.hist @ post_bin) / state.count
+            post = (state.hist @ post_bin) / state.count
+            if seg_ll is None:
+                posterior = post  # the initial labelling's score, should the first cut be rejected
+            cost_bg, cost_fg = state.hist @ -ll[1], state.hist @ -ll[0]
+            if keep is not None:  # per pixel, the cost of leaving the previous label
+                cost_bg = cost_bg + keep[0] * state.count
+                cost_fg = cost_fg + keep[1] * state.count
+            new = _min_cut(cost_bg, cost_fg, state.edges,
+                           self.gamma * state.edge_weight, trimap == FGD, trimap == BGD)
+            if float(state.count[new].sum()) < min_fg:
+                break
             changed = not np.array_equal(new, seg)
-            seg = new
+            seg, posterior, seg_ll = new, post, ll
             if not changed:
                 break
-        return seg, posterior, ll
+        return seg, posterior, seg_ll
 
     def _refine_band(self, state: _Encoded, work: np.ndarray, fixed: np.ndarray, ll) -> np.ndarray:
         """Pixel-level GrabCut cut in a band along the region boundary; outside it the labels stay."""
@@ -350,8 +462,8 @@ class GrabCutSegmenter(Segmenter):
                 # A fixed-label neighbour outside the band pulls towards its label.
                 outer = ~inner
                 fg_nb = flat[other[outer]]
-                np.add.at(src, me[outer][fg_nb], wt[outer][fg_nb])
-                np.add.at(snk, me[outer][~fg_nb], wt[outer][~fg_nb])
+                src += np.bincount(me[outer][fg_nb], wt[outer][fg_nb], nodes.size)
+                snk += np.bincount(me[outer][~fg_nb], wt[outer][~fg_nb], nodes.size)
         edges = np.stack([np.concatenate(e0s), np.concatenate(e1s)], axis=1)
         none = np.zeros(nodes.size, bool)
         fg = _min_cut(src, snk, edges, np.concatenate(ws), none, none)
@@ -371,6 +483,13 @@ class GrabCutSegmenter(Segmenter):
         return seg & np.isin(comp, np.unique(comp[seeds]))
 
 
+def _fraction_in(state: _Encoded, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """Fraction of each region's pixels inside rect (x0, y0, x1, y1), working pixels."""
+    x0, y0, x1, y1 = rect
+    inside = np.bincount(state.labels[y0:y1, x0:x1].ravel(), minlength=state.n_regions)
+    return inside / state.count
+
+
 # --- graph cut ---------------------------------------------------------------------------------
 def _min_cut(cost_bg: np.ndarray, cost_fg: np.ndarray, edges: np.ndarray, pair: np.ndarray,
              hard_fg: np.ndarray, hard_bg: np.ndarray) -> np.ndarray:
@@ -385,7 +504,7 @@ def _min_cut(cost_bg: np.ndarray, cost_fg: np.ndarray, edges: np.ndarray, pair: 
     cap_src = np.where(hard_fg | hard_bg, 0.0, cost_bg - base)
     cap_snk = np.where(hard_fg | hard_bg, 0.0, cost_fg - base)
     finite = float(cap_src.sum() + cap_snk.sum() + 2.0 * pair.sum())
-    if _maxflow is not None and _BACKEND == "bk":
+    if _maxflow is not None:
         big = 2.0 * finite + 1.0
         g = _maxflow.Graph[float](n, len(edges))
         ids = g.add_nodes(n)
@@ -435,7 +554,7 @@ def _pixel_weights(lab: np.ndarray) -> np.ndarray:
     total = sum(float(d[v].sum()) for d, v in diffs)
     npairs = sum(int(v.sum()) for _, v in diffs)
     beta = 0.5 / (total / npairs) if npairs and total > 0 else 0.0
-    out = np.zeros((4, h, w), np.float32)
+    out = np.zeros((4, h, w), np.float16)
     for k, ((d, valid), (_, _, dist)) in enumerate(zip(diffs, _OFFSETS)):
         out[k] = np.where(valid, np.exp(-beta * d) * dist, 0.0)
     return out

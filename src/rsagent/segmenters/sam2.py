@@ -211,7 +211,8 @@ def load_sam2_model(model: str):
     from transformers import Sam2Model
     from transformers.utils import logging as hf_logging
 
-    how = "pass model=DIR, a local folder with config.json and model.safetensors of a transformers SAM2 checkpoint"
+    how = ("pass a local folder with config.json and model.safetensors of a transformers SAM2 checkpoint "
+           "(CLI: --sam2-model DIR; Python: model=DIR)")
     path = Path(model).expanduser()
     if path.exists() or _looks_like_path(model):
         if not path.is_dir():

@@ -1,0 +1,40 @@
+"""A self-contained HTML page for one trajectory: each turn's reasoning, tool call, answer and overlay."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from rsagent.core.trajectory import Trajectory
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table.sum td{padding:2px 12px 2px 0} .turn{display:flex;gap:1.5em;border-top:1px solid #ddd;padding:1em 0}
+.turn img{max-width:480px;border:1px solid #ccc} .txt{flex:1;min-width:0}
+pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em;border-radius:4px;font-size:13px}
+.err{color:#b00020} .think{font-style:italic}"""
+
+
+def trajectory_html(traj: Trajectory, image_names: list[str]) -> str:
+    """`image_names[i]` is the overlay file shown for turn i + 1 (relative to the page)."""
+    rows = [("query", traj.query), ("sample", traj.sample_id), ("turns", f"{len(traj.turns)} of {traj.config.get('max_turns')}"),
+            ("end", traj.final.get("reason", "unfinished")), ("segmenter", traj.config.get("segmenter")),
+            ("policy", traj.config.get("policy"))]
+    if traj.metrics:
+        rows.append(("IoU", f"{traj.metrics['iou']:.4f}"))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(traj.sample_id)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{escape(traj.query)}</h1><table class='sum'>"]
+    parts += [f"<tr><td><b>{escape(k)}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows]
+    parts.append("</table>")
+    for turn, name in zip(traj.turns, image_names):
+        call = json.dumps(turn.tool_call, ensure_ascii=False) if turn.tool_call else "(no readable tool call)"
+        iou = f" · IoU after turn {turn.answer_iou:.3f}" if turn.answer_iou is not None else ""
+        parts.append(f"<div class='turn'><div class='txt'><h3>Turn {turn.index}{iou}</h3>")
+        if turn.think:
+            parts.append(f"<p class='think'>{escape(turn.think)}</p>")
+        parts.append(f"<pre>{escape(call)}</pre>")
+        if turn.error:
+            parts.append(f"<p class='err'>Error: {escape(turn.error)}</p>")
+        parts.append(f"<pre>{escape(turn.observation.text)}</pre></div>")
+        parts.append(f"<img src='{escape(name)}' alt='turn {turn.index}'></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
