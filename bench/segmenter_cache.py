@@ -7,7 +7,8 @@ For each segmenter and each of the first `--images` COCO128 images (after one wa
 not counted): time `set_image` (a new cache key, so the image is encoded) and a first `predict` with a
 box, then a second `predict` with a different prompt (a click plus another box) on the same, already
 encoded image. Prints the mean times and the ratio second / (set_image + first predict); the design
-asks for a small fraction.
+asks for a small fraction. The last columns time the same through the environment: a first and a
+second `segment` tool call (`Episode.step`) on a freshly encoded view.
 
 sam2 runs by default on the tiny random-weight config saved to a temporary folder and loaded back
 (`--sam2-config tiny-size` / `large-size` build random-weight models of the sam2.1-hiera-tiny / -large
@@ -84,6 +85,27 @@ def time_segmenter(seg, images: list[np.ndarray], warmup: np.ndarray) -> dict[st
     return times
 
 
+def time_tool_calls(seg, images: list[np.ndarray]) -> tuple[float, float]:
+    """The same through the environment: the first and a second `segment` tool call on view 0
+    (parsing, validation, set_image, predict, RLE and the candidate record included)."""
+    from rsagent.env.episode import Episode, EpisodeTask
+    from rsagent.policies.base import format_answer
+
+    first, second = [], []
+    for i, img in enumerate(images):
+        first_p, second_p = prompts(img.shape[:2])
+        ep = Episode(EpisodeTask(img, "bench", f"env-{i}-{time.perf_counter_ns()}"), seg)
+        calls = [{"box": list(first_p["box"])},
+                 {"box": list(second_p["box"]), "points": second_p["points"].tolist(), "labels": [1]}]
+        seg._cache.clear()  # a fresh encode for the first call, as for a new image
+        for args, out in zip(calls, (first, second)):
+            t0 = time.perf_counter()
+            ep.step(format_answer("bench", "segment", args))
+            out.append(time.perf_counter() - t0)
+        assert ep.turns[-1].error is None, ep.turns[-1].error
+    return statistics.mean(first), statistics.mean(second)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DATA, help="folder of .jpg images (COCO128 train2017)")
@@ -103,7 +125,8 @@ def main() -> int:
     warmup, timed = images[0], images[1:]
     print(f"{len(timed)} timed images from {args.root} (+1 warm-up), sizes "
           f"{sorted({im.shape[:2] for im in timed})}")
-    print(f"{'segmenter':<60} {'set_image':>10} {'set+1st':>10} {'2nd':>10} {'2nd/(set+1st)':>14}")
+    print(f"{'segmenter':<60} {'set_image':>10} {'set+1st':>10} {'2nd':>10} {'2nd/(set+1st)':>14}"
+          f" {'tool 1st':>9} {'tool 2nd':>9} {'ratio':>6}")
     status = 0
     with tempfile.TemporaryDirectory(prefix="rsagent_sam2_") as tmp:
         for name in [s.strip() for s in args.segmenters.split(",") if s.strip()]:
@@ -120,7 +143,9 @@ def main() -> int:
                 continue
             t = time_segmenter(seg, timed, warmup)
             enc, first, second = (statistics.mean(t[k]) for k in ("encode", "first", "second"))
-            print(f"{label[:60]:<60} {enc:>9.3f}s {first:>9.3f}s {second:>9.4f}s {second / first:>14.3f}")
+            tool1, tool2 = time_tool_calls(seg, timed)
+            print(f"{label[:60]:<60} {enc:>9.3f}s {first:>9.3f}s {second:>9.4f}s {second / first:>14.3f}"
+                  f" {tool1:>8.3f}s {tool2:>8.3f}s {tool2 / tool1:>6.3f}")
             del seg
     return status
 

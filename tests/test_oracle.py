@@ -131,7 +131,9 @@ def test_small_target_is_zoomed_in_first(targets, segmenter):
     x0, y0, x1, y1 = first.tool_call["arguments"]["box"]
     ys, xs = np.nonzero(task.gt.mask)
     assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1, "the zoom keeps the target"
-    assert (x1 - x0) * (y1 - y0) < 0.2 * task.gt.mask.size
+    # context around the target (GrabCut's background model needs it), yet a real magnification
+    assert (x1 - x0) * (y1 - y0) < 0.5 * task.gt.mask.size
+    assert traj.views[1].scale[0] > 1.5
     assert second.tool_call["name"] == "segment" and second.tool_call["arguments"]["view"] == 1
     assert traj.candidates[0].view_id == 1
     assert traj.metrics["iou"] > 0.7

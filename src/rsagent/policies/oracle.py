@@ -28,11 +28,11 @@ from rsagent.policies.narration import Narrator, place_in, size_words
 @dataclass(frozen=True)
 class OracleConfig:
     target_iou: float = 0.92  # a part at this IoU is done
-    patience: int = 2  # refinements in a row without gain before moving on
+    patience: int = 3  # refinements in a row without gain before moving on
     min_gain: float = 0.005
     box_jitter: float = 0.0  # std of each box edge's noise, as a fraction of the box size
     zoom_below: float = 0.25  # zoom when the part's long side is below this fraction of the image's
-    zoom_context: float = 0.6  # margin around a zoomed part, as a fraction of its size
+    zoom_context: float = 2.0  # margin on each side of a zoomed part, as a fraction of its size
     min_part_fraction: float = 0.05  # smaller parts of a multi-part target are left out
     max_parts: int = 4
     seed: int = 0
@@ -127,7 +127,7 @@ class OraclePolicy(Policy):
         stalled = part.stalls >= self.config.patience
         if good or stalled or ep.turns_left <= 1 + remaining:
             plan.done_ids.append(part.best_id)
-            if remaining and ep.turns_left >= 2 + 1:
+            if remaining and ep.turns_left >= 2:  # a segment for the next part, then submit
                 plan.active += 1
                 return self._start_part(ep, plan)
             return self._submit(ep, plan, "good" if good else "stalled")

@@ -5,17 +5,30 @@ Plain `cv2.grabCut` builds and cuts a pixel graph for every prompt (about 0.6 s 
 smoothness term, iterated re-estimation; Rother et al. 2004) is solved on a region graph computed
 once per image, as in Lazy Snapping (Li et al. 2004):
 
-- `_encode` (once per image or view): SLIC superpixels (OpenCV SLICO) at a capped working
-  resolution; per region its pixel count and its histogram over quantised colours; the region
-  adjacency graph with contrast-sensitive weights (GrabCut's beta over neighbouring region colour
-  differences, times the length of the shared boundary); pixel-level neighbour weights for the
-  optional boundary refinement.
-- `_predict` (per prompt): a trimap over regions from the prompt (box: outside = background, inside =
-  probable foreground; a previous mask: its label map as probable foreground/background; clicks: hard
-  seeds), then GrabCut iterations: fit both colour GMMs on the current labelling, unary = the sum of
-  the region's pixels' -log likelihoods (exact through the colour histograms), pairwise = gamma x the
-  cached edge weights, min cut (scipy max-flow). Optionally a pixel-level graph cut in a thin band
-  along the region boundary, with the final GMMs. The result is painted at full resolution.
+- `_encode` (once per image or view, ~0.2 s at 640x480, dominated by SLIC): SLIC superpixels
+  (OpenCV SLICO, ~3000 regions) at a capped working resolution; per region its pixel count, mean
+  colour and histogram over quantised colours; the region adjacency graph with contrast-sensitive
+  weights (GrabCut's beta over neighbouring region colour differences, times the length of the
+  shared boundary); GrabCut's pixel neighbour weights for the boundary refinement.
+- `_predict` (per prompt, ~10-30 ms): a label map over regions from the prompt, then GrabCut
+  iterations: fit both colour GMMs (hard EM, weighted by pixel counts) on the current labelling;
+  unary = the sum of the region's pixels' -log likelihoods (exact through the colour histograms);
+  pairwise = gamma x the cached edge weights; min cut. Then a pixel-level GrabCut cut in a thin band
+  along the region boundary with the final GMMs, and the labels are painted at full resolution.
+
+Prompts. A box: regions mostly outside it are definite background, inside probable foreground; if
+the iterations drain the box (GrabCut's collapse on small or camouflaged objects), the last labelling
+that kept something is returned. Clicks: the regions under them are hard seeds (infinite t-links).
+A previous candidate (`MaskPrompt.mask`) is the starting label map (probable foreground inside,
+probable background outside); with clicks it is an edit, as in GrabCut's user editing: one cut with
+models fit on the candidate, changes limited to the neighbourhood of the clicks, each click's label
+spread like a magic wand over connected regions of similar colour. Outside a working rectangle (the
+box, or the extent of box, candidate and foreground clicks plus a margin) regions are definite
+background, so foreground clicks outside a box can still add foreground.
+
+Max-flow: PyMaxflow (Boykov-Kolmogorov) when installed, else scipy's `maximum_flow` (integer
+capacities; the source side of the cut is found by BFS on the residual graph). Same cuts; scipy is
+slower on the pixel band (about 2-3x on the whole predict).
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import sparse
-from scipy.sparse.csgraph import breadth_first_order, connected_components, dijkstra, maximum_flow
+from scipy.sparse.csgraph import breadth_first_order, connected_components, maximum_flow
 
 from rsagent.segmenters.base import MaskPrompt, Prediction, Segmenter
 
@@ -47,8 +60,7 @@ _CLICK_EXTENT = 0.2  # clicks only: working rectangle margin, x the image diagon
 _LOCAL = 0.2  # regions farther than this x the working rectangle's long side from every click stay
 _KEEP = 3.0  # cost (nats per pixel) of leaving the starting label near the clicks
 _KEEP_SPREAD = 10.0  # ... in the regions a click's label was spread to
-_SPREAD = 1.5  # geodesic reach of a click, x the median colour step between adjacent regions
-_HOP_COST = 1.0  # geodesic distance added per region step (Lab units)
+_SPREAD = 1.1  # a click's magic wand: colour tolerance, x the median colour step between adjacent regions
 _PIXEL_GAMMA = 50.0  # GrabCut's smoothness weight, for the pixel-level boundary refinement
 # Pixel neighbour offsets (dy, dx) and their GrabCut distance weights, for the boundary refinement.
 _OFFSETS = ((0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0 / math.sqrt(2.0)), (1, -1, 1.0 / math.sqrt(2.0)))
@@ -63,7 +75,7 @@ class _Encoded:
     count: np.ndarray  # (n,) float64 pixels per region
     centroid: np.ndarray  # (n, 2) float64 (x, y)
     mean: np.ndarray  # (n, 3) float64 mean Lab colour
-    geodesic: sparse.csr_matrix  # (n, n) symmetric: colour distance + a hop cost between adjacent regions
+    colour_step: float  # median colour distance between adjacent regions (Lab units)
     bins: np.ndarray  # (h, w) uint16 quantised colour bin of each pixel
     bin_colour: np.ndarray  # (b, 3) float64 mean Lab colour of each bin
     hist: sparse.csr_matrix  # (n, b) pixels of each colour bin in each region
@@ -166,16 +178,14 @@ class GrabCutSegmenter(Segmenter):
         edges = np.stack([key // n, key % n], axis=1)
         edge_weight = np.zeros(len(edges))
         dist2 = np.sum((mean[edges[:, 0]] - mean[edges[:, 1]]) ** 2, axis=1)
-        step = np.sqrt(dist2) + _HOP_COST
-        geodesic = sparse.csr_matrix((np.concatenate([step, step]), (np.concatenate([edges[:, 0], edges[:, 1]]),
-                                      np.concatenate([edges[:, 1], edges[:, 0]]))), shape=(n, n))
+        colour_step = float(np.median(np.sqrt(dist2))) if len(edges) else 0.0
         if len(edges):
             mean_dist2 = float(np.average(dist2, weights=length))
             beta = 0.5 / mean_dist2 if mean_dist2 > 0 else 0.0
             edge_weight = length * np.exp(-beta * dist2)
 
         return _Encoded(labels=labels, scale=(w / width, h / height), count=count, centroid=centroid, mean=mean,
-                        geodesic=geodesic, bins=bins.reshape(h, w).astype(np.uint16), bin_colour=bin_colour,
+                        colour_step=colour_step, bins=bins.reshape(h, w).astype(np.uint16), bin_colour=bin_colour,
                         hist=hist, hist_t=hist.T.tocsr(), edges=edges, edge_weight=edge_weight,
                         pixel_weight=_pixel_weights(lab) if self.boundary_band else np.zeros((4, 0, 0), np.float16))
 
@@ -254,12 +264,12 @@ class GrabCutSegmenter(Segmenter):
             if clicks is not None:
                 # An edit (GrabCut's user editing: new seeds, then one cut with the models of the
                 # current labelling). Corrections are local: far from every click the labels stay;
-                # near them, each click's label spreads over a short geodesic colour distance, and
+                # near them, each click's label spreads (a magic wand over similar colours), and
                 # leaving the starting label costs _KEEP per pixel (_KEEP_SPREAD where spread).
-                radius = getattr(self, '_local', _LOCAL) * max(rect[2] - rect[0], rect[3] - rect[1])
+                radius = _LOCAL * max(rect[2] - rect[0], rect[3] - rect[1])
                 cxy = np.stack([clicks[0], clicks[1]], axis=1).astype(np.float64)
                 near = ((state.centroid[:, None, :] - cxy[None]) ** 2).sum(-1).min(axis=1) <= radius * radius
-                weight[self._spread_clicks(state, start, clicks, near)] = getattr(self, '_keep_spread', _KEEP_SPREAD)
+                weight[self._spread_clicks(state, start, clicks, near)] = _KEEP_SPREAD
                 iterations = 1
             trimap[start] = PR_FGD
             trimap[~near & start] = FGD
@@ -338,31 +348,23 @@ class GrabCutSegmenter(Segmenter):
         return (x0, y0, x1, y1)
 
     def _spread_clicks(self, state: _Encoded, start: np.ndarray, clicks, near: np.ndarray) -> np.ndarray:
-        """Each click gives its label to the regions within a short geodesic colour distance of its
-        region (the nearest click wins); returns which regions were reached."""
-        tau = _SPREAD * float(np.median(state.geodesic.data)) if state.geodesic.nnz else 0.0
-        src = state.labels[clicks[1], clicks[0]]
-        mode = getattr(self, "_spread_mode", "geo")
-        if mode == "flood":
-            delta = getattr(self, "_delta", 1.5) * float(np.median(state.geodesic.data))
-            hit = np.zeros(state.n_regions, bool)
-            e = state.edges
-            for k in range(len(src)):
-                close = np.linalg.norm(state.mean - state.mean[src[k]], axis=1) <= delta
-                close &= near
-                close[src[k]] = True
-                sub = e[close[e[:, 0]] & close[e[:, 1]]]
-                adj = sparse.csr_matrix((np.ones(len(sub), np.int8), (sub[:, 0], sub[:, 1])),
-                                        shape=(state.n_regions, state.n_regions))
-                _, comp = connected_components(adj, directed=False)
-                reach = comp == comp[src[k]]
-                start[reach] = clicks[2][k] == 1
-                hit |= reach
-            return hit
-        dist = np.atleast_2d(dijkstra(state.geodesic, directed=False, indices=src, limit=tau))
-        hit = np.isfinite(dist).any(axis=0)
-        best = dist.shape[0] - 1 - np.argmin(dist[::-1], axis=0)  # nearest click; later ones win ties
-        start[hit] = clicks[2][best[hit]] == 1
+        """A magic wand: each click gives its label to the regions connected to its own region
+        through regions of similar colour (within _SPREAD x the median colour step between adjacent
+        regions), inside the local zone `near`; later clicks win. Returns the regions reached."""
+        n = state.n_regions
+        delta = _SPREAD * state.colour_step
+        e = state.edges
+        hit = np.zeros(n, bool)
+        for x, y, lab in zip(*clicks):
+            seed = state.labels[y, x]
+            close = near & (np.linalg.norm(state.mean - state.mean[seed], axis=1) <= delta)
+            close[seed] = True
+            sub = e[close[e[:, 0]] & close[e[:, 1]]]
+            adj = sparse.csr_matrix((np.ones(len(sub), np.int8), (sub[:, 0], sub[:, 1])), shape=(n, n))
+            _, comp = connected_components(adj, directed=False)
+            reach = comp == comp[seed]
+            start[reach] = lab == 1
+            hit |= reach
         return hit
 
     def _apply_clicks(self, state: _Encoded, trimap: np.ndarray, clicks) -> None:
