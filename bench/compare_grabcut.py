@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from rsagent.core.image import load_image
-from rsagent.core.mask import GroundTruth, iou, mask_box
+from rsagent.core.mask import iou, mask_box
 from rsagent.data.yoloseg import load_yolo_seg
 from rsagent.segmenters import grabcut as grabcut_module
 from rsagent.segmenters.base import MaskPrompt

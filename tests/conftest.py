@@ -38,3 +38,16 @@ def coco128_targets(coco128_root: Path):
     if not targets:
         pytest.skip(f"no polygon targets under {coco128_root}")
     return targets
+
+
+@pytest.fixture(scope="session")
+def coco128_target(coco128_targets):
+    """Look a target up by sample id (`<stem>-<line>`); skips when this copy of COCO128 lacks it."""
+    by_id = {t.sample_id: t for t in coco128_targets}
+
+    def get(sample_id: str):
+        if sample_id not in by_id:
+            pytest.skip(f"{sample_id} not in the COCO128 copy")
+        return by_id[sample_id]
+
+    return get

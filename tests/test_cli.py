@@ -26,11 +26,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def target(coco128_targets):
-    by_id = {t.sample_id: t for t in coco128_targets}
-    if SAMPLE not in by_id:
-        pytest.skip(f"{SAMPLE} not in the COCO128 copy")
-    return by_id[SAMPLE]
+def target(coco128_target):
+    return coco128_target(SAMPLE)
 
 
 @pytest.fixture(scope="module")

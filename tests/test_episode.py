@@ -23,11 +23,8 @@ def answer(name: str, **arguments) -> str:
 
 
 @pytest.fixture(scope="module")
-def target(coco128_targets):
-    by_id = {t.sample_id: t for t in coco128_targets}
-    if SAMPLE not in by_id:
-        pytest.skip(f"{SAMPLE} not in the COCO128 copy")
-    return by_id[SAMPLE]
+def target(coco128_target):
+    return coco128_target(SAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +144,7 @@ def test_zoom_in_makes_a_view_and_later_coordinates_refer_to_it(make_episode, im
     assert not mask[outside].any(), "a candidate made on view 1 lies inside view 1's crop"
     x0, y0, x1, y1 = mask_box(mask)
     assert x0 >= 250 + 100 / sx - 8 and y0 >= 229 + 100 / sy - 8 and x1 <= 250 + 540 / sx + 8 and y1 <= 229 + 450 / sy + 8
-    assert f"on view 1" in obs.text and obs.images == [ImageRef(1, (cand.id,))]
+    assert "on view 1" in obs.text and obs.images == [ImageRef(1, (cand.id,))]
 
     # Points in view 1 map through pixel centres; refine keeps working in view 1.
     ep.step(answer("refine", mask_id=cand.id, points=[[320, 240]], view=1))

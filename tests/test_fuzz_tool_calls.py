@@ -8,7 +8,6 @@ leave the episode's candidates and views untouched, and valid calls after it mus
 from __future__ import annotations
 
 import json
-import math
 import random
 import string
 
