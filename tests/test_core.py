@@ -419,3 +419,15 @@ def test_load_mask_modes(tmp_path):
     assert load_mask(tmp_path / "i16.png").tolist() == [[False, True, True], [True, False, False]]
     Image.fromarray(labels > 0).save(tmp_path / "one.png")
     assert load_mask(tmp_path / "one.png").tolist() == [[False, True, True], [True, False, False]]
+
+
+def test_load_mask_palette_uses_indices_not_colours(tmp_path):
+    """A VOC-style palette mask whose label 1 is drawn black is still foreground."""
+    from rsagent.core.image import load_mask
+
+    arr = np.zeros((4, 5), np.uint8)
+    arr[1:3, 2:4] = 1
+    img = Image.fromarray(arr, mode="P")
+    img.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 white, index 1 black
+    img.save(tmp_path / "p.png")
+    assert np.array_equal(load_mask(tmp_path / "p.png"), arr == 1)

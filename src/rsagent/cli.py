@@ -21,6 +21,8 @@ def _build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--sam2-model", default="facebook/sam2.1-hiera-large", help="hub id or local directory")
     seg.add_argument("--device", default=None, help="torch device for sam2 (default: cuda if available)")
     seg.add_argument("--max-turns", type=int, default=8)
+    seg.add_argument("--box-jitter", type=float, default=0.0,
+                     help="oracle: std of each box edge's noise, as a fraction of the box size (default 0)")
     seg.add_argument("--seed", type=int, default=0, help="oracle wording and box jitter")
     seg.add_argument("--out", default="out", help="output directory (default: ./out)")
     return parser
@@ -37,7 +39,9 @@ def _segment(args: argparse.Namespace) -> int:
         raise RsagentError("--policy oracle reads the ground truth: pass --gt-mask MASK.png")
     seg_kwargs = {"model": args.sam2_model, "device": args.device} if args.segmenter == "sam2" else {}
     segmenter = make_segmenter(args.segmenter, **seg_kwargs)
-    policy = OraclePolicy(OracleConfig(seed=args.seed))
+    if not 0.0 <= args.box_jitter <= 1.0:
+        raise RsagentError(f"--box-jitter must be between 0 and 1, got {args.box_jitter}")
+    policy = OraclePolicy(OracleConfig(seed=args.seed, box_jitter=args.box_jitter))
     result = segment_image(args.image, args.query, policy, segmenter, gt_mask_path=args.gt_mask,
                            max_turns=args.max_turns, out_dir=args.out)
     traj = result.trajectory

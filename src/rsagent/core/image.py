@@ -61,7 +61,8 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None,
     """
     try:
         img = _open_checked(path, max_pixels)
-        arr = np.asarray(img.convert("L") if img.mode not in ("L", "1", "I", "I;16") else img)
+        # palette masks (VOC style) store labels as indices: read those, not their display colours
+        arr = np.asarray(img if img.mode in ("L", "1", "P", "I", "I;16") else img.convert("L"))
     except ImageError as exc:
         raise MaskError(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
