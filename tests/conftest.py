@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data under /work/shared/data (skipped cleanly when it is absent)."""
+"""Shared fixtures: the real data in ../shared/data beside the checkout (skipped cleanly when it is absent)."""
 
 from __future__ import annotations
 
