@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from rsagent.core.image import load_image
-from rsagent.core.mask import iou, mask_box
+from rsagent.core.mask import deepest_point, iou, mask_box
 from rsagent.data.yoloseg import load_yolo_seg
 from rsagent.segmenters import grabcut as grabcut_module
 from rsagent.segmenters.base import MaskPrompt
@@ -78,9 +78,7 @@ def next_click(pred: np.ndarray, gt: np.ndarray):
             best = (stats[j, cv2.CC_STAT_AREA], comp == j, label)
     if best is None:
         return None
-    dist = cv2.distanceTransform(np.pad(best[1], 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return (int(x), int(y)), best[2]
+    return deepest_point(best[1])[0], best[2]
 
 
 def main(argv: list[str] | None = None) -> int:

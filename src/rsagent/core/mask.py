@@ -79,7 +79,19 @@ def intersection_union(pred: np.ndarray, gt: GroundTruth) -> tuple[int, int]:
     return int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g))
 
 
-def iou(pred: np.ndarray, gt: GroundTruth) -> float:
-    """Per-sample IoU; 1.0 when the union is empty (nothing to find, nothing predicted)."""
-    inter, union = intersection_union(pred, gt)
+def iou_from_counts(inter: int, union: int) -> float:
+    """IoU = I / U, and 1.0 when the union is empty (nothing to find, nothing predicted)."""
     return 1.0 if union == 0 else inter / union
+
+
+def iou(pred: np.ndarray, gt: GroundTruth) -> float:
+    """Per-sample IoU with LISA's rules (see intersection_union and iou_from_counts)."""
+    return iou_from_counts(*intersection_union(pred, gt))
+
+
+def deepest_point(mask: np.ndarray) -> tuple[tuple[int, int], float]:
+    """The interior-most pixel (x, y) of a bool mask and its distance to the mask's border
+    (the image edge counts as border)."""
+    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return (int(x), int(y)), float(dist[y, x])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rsagent.core.mask import GroundTruth, encode_rle, intersection_union, iou, mask_box
+from rsagent.core.mask import GroundTruth, encode_rle, intersection_union, iou, iou_from_counts, mask_box
 from rsagent.core.trajectory import Candidate, ImageRef, Observation, Trajectory, Turn
 from rsagent.core.view import View
 from rsagent.env.parse import parse_answer
@@ -311,5 +311,5 @@ class Episode:
             traj.final = {**self.final, "rle": encode_rle(self.answer())}
         if self.task.gt is not None and self.done:
             inter, union = intersection_union(self.answer(), self.task.gt)
-            traj.metrics = {"iou": 1.0 if union == 0 else inter / union, "intersection": inter, "union": union}
+            traj.metrics = {"iou": iou_from_counts(inter, union), "intersection": inter, "union": union}
         return traj

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from rsagent.core.mask import deepest_point
 from rsagent.core.view import View
 
 # Distinct, saturated colours (RGB) that stay visible on most photos.
@@ -16,13 +17,6 @@ FRAME_COLOUR = (255, 255, 255)
 
 def colour_for(mask_id: int) -> tuple[int, int, int]:
     return PALETTE[(mask_id - 1) % len(PALETTE)]
-
-
-def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
-    """The interior-most pixel (x, y) of the mask: a label there stays on the object."""
-    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(x), int(y)
 
 
 def _draw_label(canvas: np.ndarray, text: str, anchor: tuple[int, int], colour, scale: float) -> None:
@@ -58,7 +52,7 @@ def render_overlay(pixels: np.ndarray, masks: list[tuple[int, np.ndarray]], capt
         cv2.drawContours(out, contours, -1, colour_for(mask_id), line, cv2.LINE_AA)
     for mask_id, mask in masks:
         if mask.any():
-            _draw_label(out, str(mask_id), _label_anchor(mask), colour_for(mask_id), scale)
+            _draw_label(out, str(mask_id), deepest_point(mask)[0], colour_for(mask_id), scale)  # stays on the object
     if caption:
         cv2.rectangle(out, (0, 0), (w - 1, h - 1), (0, 0, 0), line + 2)
         cv2.rectangle(out, (0, 0), (w - 1, h - 1), FRAME_COLOUR, line)

@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 import cv2
 import numpy as np
 
-from rsagent.core.mask import mask_box
+from rsagent.core.mask import GroundTruth, deepest_point, iou, mask_box
 from rsagent.core.view import View
 from rsagent.env.episode import Episode
 from rsagent.policies.base import Policy, format_answer
@@ -59,13 +59,6 @@ class _Plan:
     last_candidate: int | None = None  # candidate already scored
     zoom_pending: bool = False
     done_ids: list[int] = field(default_factory=list)
-
-
-def _deepest_point(region: np.ndarray) -> tuple[tuple[int, int], float]:
-    """Interior-most pixel (x, y) of a bool mask and its distance to the region's border."""
-    dist = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return (int(x), int(y)), float(dist[y, x])
 
 
 def _split_parts(gt: np.ndarray, ignore: np.ndarray | None, cfg: OracleConfig) -> list[_Part]:
@@ -195,8 +188,8 @@ class OraclePolicy(Policy):
         care = ~part.dont_care
         missed = view.mask_from_image(part.mask & ~cand & care)
         spurious = view.mask_from_image(cand & ~part.mask & care)
-        (fx, fy), fdist = _deepest_point(missed) if missed.any() else ((0, 0), 0.0)
-        (bx, by), bdist = _deepest_point(spurious) if spurious.any() else ((0, 0), 0.0)
+        (fx, fy), fdist = deepest_point(missed) if missed.any() else ((0, 0), 0.0)
+        (bx, by), bdist = deepest_point(spurious) if spurious.any() else ((0, 0), 0.0)
         if fdist == 0 and bdist == 0:
             plan.parts[plan.active].stalls = self.config.patience  # nothing left to fix at this scale
             return self._act_one(ep)
@@ -241,25 +234,21 @@ class OraclePolicy(Policy):
 
 
 def _part_iou(mask: np.ndarray, part: _Part) -> float:
-    care = ~part.dont_care
-    inter = np.count_nonzero(mask & part.mask & care)
-    union = np.count_nonzero((mask | part.mask) & care)
-    return 1.0 if union == 0 else inter / union
+    """IoU with one part, the other parts and ignore pixels being don't-care."""
+    return iou(mask, GroundTruth(part.mask, part.dont_care))
 
 
 def _best_union(ep: Episode, plan: _Plan) -> list[int]:
     """Greedily add each part's best candidate while it raises the IoU of the union with the target."""
     gt = ep.task.gt
     assert gt is not None
-    care = gt.valid()
-    target = gt.mask & care
     ids = plan.done_ids + [p.best_id for p in plan.parts[plan.active:] if p.best_id is not None and p.best_id not in plan.done_ids]
     chosen: list[int] = []
     union = np.zeros(ep.image_shape, bool)
-    best = 0.0 if target.any() else 1.0
+    best = iou(union, gt)  # 0 for the empty union: a plan exists only for a non-empty target
     for cid in dict.fromkeys(ids):
-        trial = union | (ep.mask(cid) & care)
-        score = np.count_nonzero(trial & target) / max(1, np.count_nonzero(trial | target))
+        trial = union | ep.mask(cid)
+        score = iou(trial, gt)
         if score > best:
             chosen.append(cid)
             union, best = trial, score
