@@ -15,3 +15,7 @@ class MaskError(RsagentError):
 
 class ModelLoadError(RsagentError):
     """Weights or a config that cannot be found or loaded."""
+
+
+class DatasetError(RsagentError):
+    """A dataset root, split or annotation file that cannot be used as asked."""

@@ -1,0 +1,54 @@
+"""Command-line options shared by the commands that run episodes (segment, eval): which policy,
+which segmenter, and how to build them. One place, so every command spells them the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+from rsagent.core.errors import RsagentError
+from rsagent.policies.base import Policy
+from rsagent.segmenters import SEGMENTERS, Segmenter, make_segmenter
+
+POLICIES = ("oracle",)
+
+
+def add_policy_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("policy")
+    group.add_argument("--policy", default="oracle", choices=POLICIES, help="who decides the tool calls")
+    group.add_argument("--max-turns", type=int, default=8, help="turn budget per episode (default 8)")
+    group.add_argument("--box-jitter", type=float, default=0.0,
+                       help="oracle: std of each box edge's noise, as a fraction of the box size (default 0)")
+    group.add_argument("--seed", type=int, default=0, help="oracle wording and box jitter; sampling seed")
+
+
+def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("segmenter")
+    group.add_argument("--segmenter", default="grabcut", choices=SEGMENTERS)
+    group.add_argument("--sam2-model", default="facebook/sam2.1-hiera-large", help="hub id or local directory")
+    group.add_argument("--device", default=None, help="torch device for models (default: cuda if available)")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    if args.max_turns < 1:
+        raise RsagentError(f"--max-turns must be at least 1, got {args.max_turns}")
+    if not 0.0 <= args.box_jitter <= 1.0:
+        raise RsagentError(f"--box-jitter must be between 0 and 1, got {args.box_jitter}")
+
+
+def segmenter_kwargs(args: argparse.Namespace) -> dict:
+    """What `make_segmenter(args.segmenter, **kwargs)` needs (picklable, for workers that build their own)."""
+    return {"model": args.sam2_model, "device": args.device} if args.segmenter == "sam2" else {}
+
+
+def build_segmenter(args: argparse.Namespace) -> Segmenter:
+    return make_segmenter(args.segmenter, **segmenter_kwargs(args))
+
+
+def build_policy(args: argparse.Namespace) -> Policy:
+    """The policy named by --policy. The oracle needs ground truth; callers check they have it."""
+    check_common(args)
+    if args.policy == "oracle":
+        from rsagent.policies.oracle import OracleConfig, OraclePolicy
+
+        return OraclePolicy(OracleConfig(seed=args.seed, box_jitter=args.box_jitter))
+    raise RsagentError(f"unknown policy {args.policy!r}; choose one of {', '.join(POLICIES)}")
