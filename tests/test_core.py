@@ -165,10 +165,6 @@ def test_full_view_is_the_identity():
     assert v.box_to_image((1, 2, 3, 4)) == (1, 2, 3, 4) == v.box_from_image((1, 2, 3, 4))
     pts = np.array([[0, 0], [639, 479], [17, 300]])
     assert np.array_equal(v.points_to_image(pts), pts) and np.array_equal(v.points_from_image(pts), pts)
-    assert v.contains_box((0, 0, 640, 480)) and not v.contains_box((0, 0, 641, 480))
-    assert not v.contains_box((5, 5, 5, 9)) and not v.contains_box((-1, 0, 4, 4))
-    assert v.contains_points(pts) and not v.contains_points(np.array([[640, 0]]))
-    assert not v.contains_points(np.array([[0, -1]]))
     mask = np.random.default_rng(0).random((480, 640)) < 0.5
     assert np.array_equal(v.mask_from_image(mask), mask) and np.array_equal(v.mask_to_image(mask, (480, 640)), mask)
     img = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
@@ -212,7 +208,7 @@ def test_point_round_trips(vw, data):
     # image -> view -> image is the identity on the crop's pixels (views only enlarge)
     img_pts = np.array([[data.draw(st.integers(x0, x1 - 1)), data.draw(st.integers(y0, y1 - 1))] for _ in range(5)])
     in_view = v.points_from_image(img_pts)
-    assert v.contains_points(in_view)
+    assert np.all((in_view >= 0) & (in_view < np.array(v.size)))
     assert np.array_equal(v.points_to_image(in_view), img_pts)
     # view -> image lands in the crop; going back gives a view pixel of the same image pixel
     view_pts = np.array([[data.draw(st.integers(0, v.size[0] - 1)), data.draw(st.integers(0, v.size[1] - 1))]

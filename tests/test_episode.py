@@ -123,7 +123,7 @@ def test_zoom_in_makes_a_view_and_later_coordinates_refer_to_it(make_episode, im
     assert view.scale == pytest.approx((640 / 317, 497 / 246))
     assert ep.current_view == 1
     assert obs.images == [ImageRef(1)]
-    assert obs.text.startswith("View 1: region [250, 229, 567, 475] of the image (from view 0), shown at 640x497")
+    assert obs.text.startswith("View 1: region [250, 229, 567, 475] of view 0, enlarged 2.02x and shown at 640x497 pixels.")
     assert ep.view_pixels(1).shape == (497, 640, 3)
     # Pixel content: the crop, resampled.
     small = ep.view_pixels(1)[::50, ::50].astype(int)

@@ -31,7 +31,7 @@ def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTa
     results: list[Trajectory | None] = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=f"{policy.name}+{segmenter.name}", unit="ep", disable=not progress)
     for start in range(0, len(tasks), batch_size):
-        episodes = {start + i: Episode(t, segmenter, config) for i, t in enumerate(tasks[start:start + batch_size])}
+        episodes = {start + i: Episode(t, segmenter, config, policy.frame) for i, t in enumerate(tasks[start:start + batch_size])}
         active = list(episodes)
         while active:
             t0 = time.perf_counter()

@@ -66,16 +66,6 @@ class View:
         y = np.floor((pts[:, 1] + 0.5 - self.box[1]) * sy)
         return np.stack([x, y], axis=1).astype(np.int64)
 
-    def contains_box(self, box: Box) -> bool:
-        """Whether a box in this view's frame lies inside it and is non-degenerate."""
-        w, h = self.size
-        return 0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h
-
-    def contains_points(self, points: np.ndarray) -> bool:
-        pts = np.asarray(points).reshape(-1, 2)
-        w, h = self.size
-        return bool(np.all((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)))
-
     # --- pixels ------------------------------------------------------------------------------
     def render(self, image: np.ndarray) -> np.ndarray:
         """The view's pixels: the crop, resampled to `size`."""

@@ -1,7 +1,8 @@
 """One segmentation episode as an explicit state machine: answer text in, observation out.
 
-The environment works in the image's own pixels; each view maps its frame to them. A malformed or
-invalid answer becomes an error observation and uses up its turn; it never raises.
+The environment works in the image's own pixels; each view maps its pixels to them, and the
+policy's coordinate frame (core.frames) maps the numbers it writes to the view it was shown. A
+malformed or invalid answer becomes an error observation and uses up its turn; it never raises.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rsagent.core.frames import Frame, PixelFrame
 from rsagent.core.mask import GroundTruth, encode_rle, intersection_union, iou, iou_from_counts, mask_box
 from rsagent.core.trajectory import Candidate, ImageRef, Observation, Trajectory, Turn
 from rsagent.core.view import View
@@ -60,14 +62,15 @@ def image_key(image: np.ndarray) -> str:
 
 
 class Episode:
-    def __init__(self, task: EpisodeTask, segmenter: Segmenter, config: EpisodeConfig = EpisodeConfig()) -> None:
+    def __init__(self, task: EpisodeTask, segmenter: Segmenter, config: EpisodeConfig = EpisodeConfig(),
+                 frame: Frame = PixelFrame()) -> None:
         if task.image.ndim != 3 or task.image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {task.image.shape}")
         if task.gt is not None and task.gt.shape != task.image.shape[:2]:
             raise ValueError(f"ground truth {task.gt.shape} does not match the image {task.image.shape[:2]}")
-        self.task, self.segmenter, self.config = task, segmenter, config
+        self.task, self.segmenter, self.config, self.frame = task, segmenter, config, frame
         h, w = task.image.shape[:2]
-        self.views: list[View] = [View.full(w, h)]
+        self.views: list[View] = [View(0, (0, 0, w, h), frame.display_size(w, h))]
         self.candidates: list[Candidate] = []
         self.turns: list[Turn] = []
         self.current_view = 0
@@ -79,7 +82,7 @@ class Episode:
         self._key = image_key(task.image)
         self._tools = [TOOLS[name] for name in config.tools]
         self.system_prompt = system_prompt(self._tools, config.max_turns)
-        self.user_text = user_text(task.query, w, h)
+        self.user_text = user_text(task.query, frame.describe(self.views[0].size))
         self._started = time.perf_counter()
 
     # --- reading the state -------------------------------------------------------------------
@@ -178,14 +181,29 @@ class Episode:
             raise ToolCallError(f"view {view_id} does not exist; views are 0..{len(self.views) - 1}")
         return self.views[view_id]
 
-    def _check_coords(self, view: View, args: dict) -> None:
-        w, h = view.size
-        if "box" in args and not view.contains_box(tuple(args["box"])):
-            raise ToolCallError(f"box {args['box']} is outside view {view.id}, which is {w}x{h} "
-                                f"(x in 0..{w}, y in 0..{h})")
-        if "points" in args and not view.contains_points(np.array(args["points"])):
-            raise ToolCallError(f"a point is outside view {view.id}, which is {w}x{h} "
-                                f"(x in 0..{w - 1}, y in 0..{h - 1})")
+    def _to_view(self, view: View, args: dict) -> dict:
+        """Check the call's coordinates against the frame's bounds; return them in the view's pixels."""
+        shown = self.frame.describe(view.size)
+        if "box" in args:
+            if not self.frame.contains_box(args["box"], view.size):
+                w, h = self.frame.extent(view.size)
+                raise ToolCallError(f"box {args['box']} is outside view {view.id}, which is {shown} "
+                                    f"(x in 0..{w}, y in 0..{h})")
+            args = {**args, "box": self.frame.box_to_view(args["box"], view.size)}
+        if "points" in args:
+            if not self.frame.contains_points(args["points"], view.size):
+                mx, my = self.frame.point_max(view.size)
+                raise ToolCallError(f"a point is outside view {view.id}, which is {shown} "
+                                    f"(x in 0..{mx}, y in 0..{my})")
+            args = {**args, "points": self.frame.points_to_view(args["points"], view.size)}
+        return args
+
+    def to_frame_box(self, view: View, box) -> list[int]:
+        """A box in `view`'s pixels as the policy writes it (its frame's integers)."""
+        return self.frame.box_from_view(box, view.size)
+
+    def to_frame_points(self, view: View, points) -> list[list[int]]:
+        return self.frame.points_from_view(np.asarray(points), view.size).tolist()
 
     def _candidate_id(self, mask_id: int) -> int:
         if mask_id not in self._masks:
@@ -195,7 +213,7 @@ class Episode:
 
     def _tool_segment(self, args: dict, turn: Turn) -> Observation:
         view = self._view_arg(args)
-        self._check_coords(view, args)
+        args = self._to_view(view, args)
         prompt = {}
         if "box" in args:
             prompt["box"] = list(view.box_to_image(tuple(args["box"])))
@@ -207,7 +225,7 @@ class Episode:
     def _tool_refine(self, args: dict, turn: Turn) -> Observation:
         parent = self._candidate_id(args["mask_id"])
         view = self._view_arg(args)
-        self._check_coords(view, args)
+        args = self._to_view(view, args)
         base = next(c for c in self.candidates if c.id == parent).prompt
         prompt = {k: list(v) for k, v in base.items()}
         prompt["points"] = prompt.get("points", []) + view.points_to_image(np.array(args["points"])).tolist()
@@ -216,17 +234,19 @@ class Episode:
 
     def _tool_zoom_in(self, args: dict, turn: Turn) -> Observation:
         src = self._view_arg(args)
-        self._check_coords(src, args)
+        args = self._to_view(src, args)
         crop = self._zoom_crop(src.box_to_image(tuple(args["box"])))
         h, w = self.image_shape
         target = self.config.zoom_long_side or max(h, w)
-        view = View.zoom(len(self.views), crop, target, self.config.max_zoom)
+        natural = View.zoom(len(self.views), crop, target, self.config.max_zoom)
+        view = View(natural.id, crop, self.frame.display_size(*natural.size))
         self.views.append(view)
         self.current_view = view.id
         turn.view_id = view.id
+        region = self.to_frame_box(src, src.box_from_image(crop))
         return Observation(
-            f"View {view.id}: region {list(crop)} of the image (from view {src.id}), shown at "
-            f"{view.size[0]}x{view.size[1]} ({view.scale[0]:.2f}x). Coordinates with \"view\": {view.id} "
+            f"View {view.id}: region {region} of view {src.id}, enlarged {view.scale[0] / src.scale[0]:.2f}x "
+            f"and shown at {self.frame.describe(view.size)}. Coordinates with \"view\": {view.id} "
             f"refer to this image.", [ImageRef(view.id)])
 
     def _zoom_crop(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
@@ -292,7 +312,7 @@ class Episode:
         origin = f" (refined from {parent})" if parent is not None else ""
         if cand.area == 0:
             return f"Candidate {cid}{origin} on view {view.id} is empty: the segmenter found nothing there."
-        vb = [int(round(v)) for v in view.box_from_image(tuple(cand.box))]
+        vb = self.to_frame_box(view, view.box_from_image(tuple(cand.box)))
         pct = 100 * cand.area / (self.image_shape[0] * self.image_shape[1])
         return (f"Candidate {cid}{origin} on view {view.id}: area {pct:.2f}% of the image, "
                 f"box {vb} in view {view.id}, score {cand.score:.2f}.")
@@ -304,7 +324,8 @@ class Episode:
             sample_id=self.task.sample_id, query=self.task.query,
             image={"path": self.task.image_path, "width": w, "height": h},
             system_prompt=self.system_prompt, user_text=self.user_text,
-            config={**self.config.to_dict(), "segmenter": self.segmenter.identifier, **(config or {})},
+            config={**self.config.to_dict(), "frame": self.frame.to_dict(), "segmenter": self.segmenter.identifier,
+                    **(config or {})},
             views=list(self.views), candidates=list(self.candidates), turns=list(self.turns),
             timings={"total": time.perf_counter() - self._started})
         if self.done:

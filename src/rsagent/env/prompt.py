@@ -34,5 +34,6 @@ def system_prompt(tools: list[ToolSpec], max_turns: int) -> str:
     return f"{_TASK}\nYou have at most {max_turns} turns.\n\n{_HERMES.format(tools=block)}"
 
 
-def user_text(query: str, width: int, height: int) -> str:
-    return f"Query: {query}\nThe image (view 0) is {width}x{height} pixels."
+def user_text(query: str, shown: str) -> str:
+    """`shown` describes view 0 in the policy's frame, e.g. "640x480 pixels"."""
+    return f"Query: {query}\nThe image (view 0) is {shown}."

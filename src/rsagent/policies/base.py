@@ -6,11 +6,13 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from rsagent.core.frames import Frame, PixelFrame
 from rsagent.env.episode import Episode
 
 
 class Policy(ABC):
     name: str = "policy"
+    frame: Frame = PixelFrame()  # how the policy writes coordinates; the runner gives it to each episode
 
     @property
     def identifier(self) -> str:

@@ -161,6 +161,7 @@ class OraclePolicy(Policy):
         box = [int(np.clip(np.floor(cx - side / 2), 0, w - 1)), int(np.clip(np.floor(cy - side / 2), 0, h - 1)),
                int(np.clip(np.ceil(cx + side / 2), 1, w)), int(np.clip(np.ceil(cy + side / 2), 1, h))]
         plan.zoom_pending = True
+        box = ep.to_frame_box(ep.views[0], ep.views[0].box_from_image(box))
         where = place_in((0, 0, w, h), cx, cy)
         pct = 100 * part.mask.sum() / (h * w)
         return format_answer(plan.narrator.zoom(where, pct, box), "zoom_in", {"box": box, "view": 0})
@@ -169,7 +170,7 @@ class OraclePolicy(Policy):
         part = plan.parts[plan.active]
         view = ep.views[ep.current_view] if zoomed else ep.views[0]
         part.view = view.id
-        box = self._view_box(view, self._jitter(part.box, plan.rng, ep.image_shape))
+        box = ep.to_frame_box(view, self._view_box(view, self._jitter(part.box, plan.rng, ep.image_shape)))
         h, w = ep.image_shape
         cx, cy = (part.box[0] + part.box[2]) / 2, (part.box[1] + part.box[3]) / 2
         if zoomed:
@@ -200,6 +201,7 @@ class OraclePolicy(Policy):
         region = missed if positive else spurious
         pct = 100 * region.sum() / max(1, view.mask_from_image(part.mask).sum())
         say = plan.narrator.add_click if positive else plan.narrator.remove_click
+        point = ep.to_frame_points(view, [point])[0]
         think = say(cid, where, pct, point)  # type: ignore[arg-type]
         return format_answer(think, "refine", {"mask_id": cid, "points": [point],
                                                "labels": [1 if positive else 0], "view": view.id})

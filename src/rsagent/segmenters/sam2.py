@@ -42,19 +42,15 @@ parameters, runs in a fraction of a second on CPU) and `sam2_config("tiny-size" 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rsagent.core.errors import ModelLoadError
+from rsagent.core.weights import load_pretrained
 from rsagent.segmenters.base import MaskPrompt, Prediction, Segmenter
 
 DEFAULT_MODEL = "facebook/sam2.1-hiera-large"
@@ -64,8 +60,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MASK_PROMPT_LOGIT = 10.0
 #: SAM2ImagePredictor clamps the low-res logits it hands back for re-use as a mask prompt
 LOGIT_CLAMP = 32.0
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
 # the hub's SAM2.1 checkpoints are saved as 'sam2_video' (Sam2VideoModel); Sam2Model loads their image part
 _MODEL_TYPES = ("sam2", "sam2_video")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -180,32 +174,6 @@ def upsample_logits(low_res: torch.Tensor, shape: tuple[int, int]) -> torch.Tens
 
 # --------------------------------------------------------------------------- loading
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """Cheap check before letting transformers try the hub (it retries for ~30 s when there is no network)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a proxy may reach what a direct socket cannot: let the real request decide
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _looks_like_path(model: str) -> bool:
-    return (os.path.isabs(model) or model.startswith((".", "~")) or "\\" in model
-            or model.count("/") > 1 or model.endswith("/"))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def load_sam2_model(model: str):
     """`Sam2Model.from_pretrained(model)` in float32, with a one-line `ModelLoadError` on any failure."""
     from transformers import Sam2Model
@@ -213,49 +181,15 @@ def load_sam2_model(model: str):
 
     how = ("pass a local folder with config.json and model.safetensors of a transformers SAM2 checkpoint "
            "(CLI: --sam2-model DIR; Python: model=DIR)")
-    path = Path(model).expanduser()
-    if path.exists() or _looks_like_path(model):
-        if not path.is_dir():
-            what = "no such directory" if not path.exists() else "not a directory"
-            raise ModelLoadError(f"cannot load SAM2 model {model!r}: {what}; {how}")
-        missing = [n for n in ("config.json",) if not (path / n).is_file()]
-        if not any((path / n).is_file() for n in _WEIGHT_FILES):
-            missing.append("model.safetensors")
-        if missing:
-            raise ModelLoadError(f"cannot load SAM2 model {model!r}: the directory has no "
-                                 f"{' and no '.join(missing)}; {how}")
-        try:
-            model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"cannot load SAM2 model {model!r}: config.json is unreadable "
-                                 f"({_first_line(exc)}); {how}") from None
-        if model_type not in _MODEL_TYPES:
-            raise ModelLoadError(f"cannot load SAM2 model {model!r}: config.json describes a {model_type!r} "
-                                 f"model, not SAM2 ({' or '.join(_MODEL_TYPES)}); {how}")
-        sources = [dict(local_files_only=True)]
-        source, is_hub = str(path), False
-    else:  # a hub id: the local HF cache first, then the hub if it can be reached
-        sources = [dict(local_files_only=True)] + ([dict()] if _hub_reachable() else [])
-        source, is_hub = model, True
-    error: BaseException | None = None
-    verbosity = hf_logging.get_verbosity()
-    for kwargs in sources:
+    def load(source: str, **kwargs):
+        verbosity = hf_logging.get_verbosity()
         try:
             hf_logging.set_verbosity_error()  # a cache miss, or 'sam2_video config for a sam2 model', is not news
-            net, info = Sam2Model.from_pretrained(source, dtype=torch.float32, output_loading_info=True,
-                                                  **kwargs)
-            break
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
-            error = exc
+            return Sam2Model.from_pretrained(source, dtype=torch.float32, output_loading_info=True, **kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
-    else:
-        if is_hub and len(sources) == 1:
-            reason = "not in the local Hugging Face cache and the hub cannot be reached"
-        else:
-            reason = _first_line(error) if error is not None else "unknown error"
-        fetch = f"download it where there is network (hf download {model} --local-dir DIR) and " if is_hub else ""
-        raise ModelLoadError(f"cannot load SAM2 model {model!r}: {reason}; {fetch}{how}") from None
+
+    net, info = load_pretrained(load, model, what="SAM2 model", how=how, model_types=_MODEL_TYPES)
     missing_keys = list(info.get("missing_keys", []))
     n_params = len(net.state_dict())
     if missing_keys and len(missing_keys) > n_params // 2:
