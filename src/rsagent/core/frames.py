@@ -85,6 +85,11 @@ class PixelFrame:
     def describe(self, view_size: tuple[int, int]) -> str:
         return f"{view_size[0]}x{view_size[1]} pixels"
 
+    @property
+    def rule(self) -> str:
+        """The system prompt's sentence on what coordinates mean."""
+        return "Coordinates are integer pixels of a view"
+
     def to_dict(self) -> dict:
         return {"name": self.name}
 
@@ -140,6 +145,11 @@ class NormalizedFrame(PixelFrame):
 
     def describe(self, view_size: tuple[int, int]) -> str:
         return f"{view_size[0]}x{view_size[1]} pixels; coordinates are 0-{self.scale} along each axis"
+
+    @property
+    def rule(self) -> str:
+        return (f"Coordinates are integers from 0 to {self.scale} along each axis of a view "
+                f"(0 = left or top edge, {self.scale} = right or bottom edge)")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "scale": self.scale}

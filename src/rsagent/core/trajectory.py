@@ -99,18 +99,7 @@ class Trajectory:
     # --- chat view ---------------------------------------------------------------------------
     def messages(self) -> list[dict]:
         """The conversation as chat messages; image parts are {"type": "image", "ref": ImageRef}."""
-        msgs: list[dict] = [
-            {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]},
-            {"role": "user", "content": [{"type": "image", "ref": ImageRef(0)},
-                                         {"type": "text", "text": self.user_text}]},
-        ]
-        for turn in self.turns:
-            msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.assistant}]})
-            if turn.observation.text or turn.observation.images:
-                parts: list[dict[str, Any]] = [{"type": "image", "ref": r} for r in turn.observation.images]
-                parts.append({"type": "text", "text": turn.observation.text})
-                msgs.append({"role": "tool", "content": parts})
-        return msgs
+        return chat_messages(self.system_prompt, self.user_text, self.turns)
 
     # --- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -137,3 +126,21 @@ class Trajectory:
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def chat_messages(system_prompt: str, user_text: str, turns: list[Turn]) -> list[dict]:
+    """System, user (image 0 + text), then per turn the assistant's answer and the tool's observation.
+
+    Image parts are {"type": "image", "ref": ImageRef}; whoever shows them renders the reference.
+    """
+    msgs: list[dict] = [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {"role": "user", "content": [{"type": "image", "ref": ImageRef(0)}, {"type": "text", "text": user_text}]},
+    ]
+    for turn in turns:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.assistant}]})
+        if turn.observation.text or turn.observation.images:
+            parts: list[dict[str, Any]] = [{"type": "image", "ref": r} for r in turn.observation.images]
+            parts.append({"type": "text", "text": turn.observation.text})
+            msgs.append({"role": "tool", "content": parts})
+    return msgs

@@ -15,7 +15,7 @@ import numpy as np
 
 from rsagent.core.frames import Frame, PixelFrame
 from rsagent.core.mask import GroundTruth, encode_rle, intersection_union, iou, iou_from_counts, mask_box
-from rsagent.core.trajectory import Candidate, ImageRef, Observation, Trajectory, Turn
+from rsagent.core.trajectory import Candidate, ImageRef, Observation, Trajectory, Turn, chat_messages
 from rsagent.core.view import View
 from rsagent.env.parse import parse_answer
 from rsagent.env.prompt import system_prompt, user_text
@@ -81,7 +81,7 @@ class Episode:
         self._pixels: dict[int, np.ndarray] = {}  # view id -> rendered view pixels
         self._key = image_key(task.image)
         self._tools = [TOOLS[name] for name in config.tools]
-        self.system_prompt = system_prompt(self._tools, config.max_turns)
+        self.system_prompt = system_prompt(self._tools, config.max_turns, frame.rule)
         self.user_text = user_text(task.query, frame.describe(self.views[0].size))
         self._started = time.perf_counter()
 
@@ -96,6 +96,10 @@ class Episode:
 
     def mask(self, candidate_id: int) -> np.ndarray:
         return self._masks[candidate_id]
+
+    def messages(self) -> list[dict]:
+        """The conversation so far (see core.trajectory.chat_messages); images as `ImageRef`s."""
+        return chat_messages(self.system_prompt, self.user_text, self.turns)
 
     def view_pixels(self, view_id: int) -> np.ndarray:
         if view_id not in self._pixels:

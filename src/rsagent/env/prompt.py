@@ -8,8 +8,8 @@ from rsagent.env.tools import ToolSpec
 
 _TASK = """You segment the object described by the user's query in an image, working in turns.
 Each turn, think briefly inside <think></think>, then call exactly one tool.
-Coordinates are integer pixels of a view: view 0 is the full image as you were shown it; zoom_in \
-returns a new, enlarged view with its own id and pixel frame. Omitted, "view" means the view shown \
+{coordinates}: view 0 is the full image as you were shown it; zoom_in \
+returns a new, enlarged view with its own id and frame. Omitted, "view" means the view shown \
 in the latest image. Every tool that makes a candidate answers with an overlay of it, numbered by its id.
 Check each overlay against the query, correct mistakes with refine, and call submit with the ids \
 of the candidate(s) that together cover the target (an empty list if the target is absent)."""
@@ -29,9 +29,15 @@ For each function call, return a json object with function name and arguments wi
 </tool_call>"""
 
 
-def system_prompt(tools: list[ToolSpec], max_turns: int) -> str:
+def task_prompt(max_turns: int, coordinates: str = "Coordinates are integer pixels of a view") -> str:
+    """The system prompt without the tools block (chat templates given `tools=` append the same block)."""
+    return f"{_TASK.format(coordinates=coordinates)}\nYou have at most {max_turns} turns."
+
+
+def system_prompt(tools: list[ToolSpec], max_turns: int,
+                  coordinates: str = "Coordinates are integer pixels of a view") -> str:
     block = "\n".join(json.dumps(t.to_openai(), ensure_ascii=False) for t in tools)
-    return f"{_TASK}\nYou have at most {max_turns} turns.\n\n{_HERMES.format(tools=block)}"
+    return f"{task_prompt(max_turns, coordinates)}\n\n{_HERMES.format(tools=block)}"
 
 
 def user_text(query: str, shown: str) -> str:

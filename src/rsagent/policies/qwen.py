@@ -1,0 +1,275 @@
+"""The `qwen` policy: Qwen2.5-VL through transformers, many episodes at once, KV cache kept across turns.
+
+Each episode keeps the keys and values of everything the model has read or written so far. A turn
+feeds only what is new (the tool observation with its images, and the assistant header), then
+decodes. Episodes of a lock-step batch are prefilled together (new parts right-padded, caches
+left-aligned, holes masked) and decoded together; afterwards each cache is compacted back to its
+own tokens. Positions are Qwen2.5-VL's 3D rope indices, computed for the new part and offset by
+where the episode's sequence ended, which equals computing them over the whole sequence.
+
+With `reuse_cache=False` every turn re-encodes the episode's whole token sequence instead: the
+same tokens, the same images, the same positions (the benchmark's and the equality test's baseline).
+
+Images are rendered at the smart-resized size of the policy's coordinate frame, so the processor
+does not resize them and the model's absolute coordinates are the view's pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
+
+import numpy as np
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+from rsagent.core.errors import ModelLoadError
+from rsagent.core.frames import QWEN_DEFAULT_MAX_PIXELS, QWEN_MIN_PIXELS, SmartResizeFrame
+from rsagent.core.weights import load_pretrained
+from rsagent.env.episode import Episode
+from rsagent.policies.base import Policy
+from rsagent.policies.chat import CHAT_TEMPLATE, chat_images, episode_chat, render_chat, render_images
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+_END = "<|im_end|>\n"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+_HOW = ("pass a local folder holding a transformers Qwen2.5-VL checkpoint (config.json, model.safetensors, "
+        "tokenizer files) with --model DIR (Python: QwenConfig(model=DIR))")
+
+
+class QwenVLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without the video processor, which needs torchvision."""
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+@dataclass(frozen=True)
+class QwenConfig:
+    model: str = DEFAULT_MODEL  # hub id or local folder
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    min_pixels: int = QWEN_MIN_PIXELS
+    max_pixels: int = QWEN_DEFAULT_MAX_PIXELS  # per image, as the processor's longest_edge
+    reuse_cache: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS,
+                   max_pixels: int = QWEN_DEFAULT_MAX_PIXELS) -> QwenVLProcessor:
+    """Tokenizer + the Pillow image processor from a hub id or folder, and the project's chat template."""
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    def load(source: str, **kwargs) -> QwenVLProcessor:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        images = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs)
+        images.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        return QwenVLProcessor(images, tokenizer, chat_template=CHAT_TEMPLATE)
+
+    return load_pretrained(load, model, what="Qwen2.5-VL processor", how=_HOW, model_types=("qwen2_5_vl",),
+                           need_weights=False)
+
+
+def load_qwen_model(model: str, device: str, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
+    def load(source: str, **kwargs):
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
+
+    net = load_pretrained(load, model, what="Qwen2.5-VL model", how=_HOW, model_types=("qwen2_5_vl",))
+    return net.to(device).eval()
+
+
+@dataclass
+class _State:
+    """One episode's sequence: what the model has read (history, for re-encoding) and its KV cache."""
+
+    ids: list[int] = field(default_factory=list)  # every token fed to the model, in order
+    mm_types: list[int] = field(default_factory=list)
+    pixel_values: list[torch.Tensor] = field(default_factory=list)  # per image fed
+    grids: list[torch.Tensor] = field(default_factory=list)
+    keys: list[torch.Tensor] = field(default_factory=list)  # per layer (1, heads, len, dim)
+    values: list[torch.Tensor] = field(default_factory=list)
+    next_pos: int = 0  # the rope position of the next token
+    pending: list[int] = field(default_factory=list)  # generated but not yet fed (cut off by max_new_tokens)
+    n_messages: int = 0  # messages already in the sequence (through the last assistant answer)
+
+
+@dataclass
+class _Chunk:
+    ids: torch.Tensor  # (L,)
+    mm_types: torch.Tensor  # (L,)
+    pixel_values: list[torch.Tensor]
+    grids: list[torch.Tensor]
+    positions: torch.Tensor  # (3, L), absolute
+
+
+class QwenPolicy(Policy):
+    name = "qwen"
+
+    def __init__(self, config: QwenConfig = QwenConfig(), model=None, processor: QwenVLProcessor | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if config.dtype is not None and config.dtype not in _DTYPES:
+            raise ModelLoadError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(_DTYPES)}")
+        dtype = _DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.processor = processor or load_processor(config.model, config.min_pixels, config.max_pixels)
+        self.model = model if model is not None else load_qwen_model(config.model, str(self.device), dtype)
+        self.frame = SmartResizeFrame(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+        tok = self.processor.tokenizer
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self._stops = {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        self._banned = self._banned_ids()
+        self._states: WeakKeyDictionary[Episode, _State] = WeakKeyDictionary()
+        self._generator = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    @property
+    def identifier(self) -> str:
+        mode = "greedy" if self.config.temperature <= 0 else f"T={self.config.temperature},top_p={self.config.top_p}"
+        return f"qwen:{self.config.model}:{mode}"
+
+    def _banned_ids(self) -> torch.Tensor:
+        """Tokens an answer may not contain: special tokens other than the stops, and unused vocabulary rows."""
+        tok = self.processor.tokenizer
+        special = {i for i, t in tok.added_tokens_decoder.items() if t.special} - self._stops
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        banned = sorted(special | set(range(len(tok), vocab)))
+        return torch.tensor(banned, dtype=torch.long)
+
+    # --- building the new part of each episode's sequence ------------------------------------------
+    def _new_chunk(self, episode: Episode, state: _State) -> _Chunk:
+        messages = episode_chat(episode, render=False)
+        full = render_chat(self.processor.tokenizer, messages, add_generation_prompt=True)
+        if state.n_messages == 0:
+            text, new = full, messages
+        else:
+            done = render_chat(self.processor.tokenizer, messages[:state.n_messages], add_generation_prompt=False)
+            if not (full.startswith(done) and done.endswith(_END)):
+                raise RuntimeError("the chat template did not extend the previous prompt; cannot reuse the cache")
+            text, new = full[len(done) - len(_END):], messages[state.n_messages:]  # the answer's end marker leads
+        images = chat_images(render_images(episode, new))
+        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        ids = torch.cat([torch.tensor(state.pending, dtype=torch.long), inputs["input_ids"][0]])
+        mm = torch.cat([torch.zeros(len(state.pending), dtype=torch.long), inputs["mm_token_type_ids"][0].long()])
+        grids = list(inputs["image_grid_thw"]) if images else []
+        pixels = list(torch.split(inputs["pixel_values"], [int(g.prod()) for g in grids])) if images else []
+        state.n_messages = len(messages) + 1  # + the answer this turn will add
+        state.pending = []
+        return self._positioned(ids, mm, pixels, grids, state.next_pos)
+
+    def _positioned(self, ids: torch.Tensor, mm: torch.Tensor, pixels: list[torch.Tensor], grids: list[torch.Tensor],
+                    start: int) -> _Chunk:
+        grid = torch.stack(grids) if grids else None
+        pos, _ = self.model.model.get_rope_index(ids[None], mm_token_type_ids=mm[None], image_grid_thw=grid)
+        return _Chunk(ids, mm, pixels, grids, pos[:, 0] + start)
+
+    # --- the model ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def act(self, episodes: Sequence[Episode]) -> list[str]:
+        states = [self._states.setdefault(ep, _State()) for ep in episodes]
+        chunks = [self._new_chunk(ep, st) for ep, st in zip(episodes, states)]
+        for st, ch in zip(states, chunks):  # the history, for re-encoding
+            st.ids += ch.ids.tolist(); st.mm_types += ch.mm_types.tolist()
+            st.pixel_values += ch.pixel_values; st.grids += ch.grids
+        if not self.config.reuse_cache:
+            chunks = [self._positioned(torch.tensor(st.ids), torch.tensor(st.mm_types), st.pixel_values, st.grids, 0)
+                      for st in states]
+            for st in states:
+                st.keys, st.values = [], []
+        generated = self._generate(states, chunks)
+        tok = self.processor.tokenizer
+        return [tok.decode([t for t in out if t not in self._stops], skip_special_tokens=False) for out in generated]
+
+    def _generate(self, states: list[_State], chunks: list[_Chunk]) -> list[list[int]]:
+        dev, batch = self.device, len(states)
+        n_layers = self.model.config.text_config.num_hidden_layers
+        cached = [st.keys[0].shape[2] if st.keys else 0 for st in states]
+        lc, lk = max(cached), max(len(c.ids) for c in chunks)
+        # prefill: caches left-aligned (holes after each), new parts right-padded
+        cache = _padded_cache(states, cached, lc, n_layers, dev)
+        mask = torch.zeros(batch, lc + lk, dtype=torch.long, device=dev)
+        ids = torch.full((batch, lk), self._pad, dtype=torch.long, device=dev)
+        pos = torch.zeros(3, batch, lk, dtype=torch.long, device=dev)
+        for b, (n, ch) in enumerate(zip(cached, chunks)):
+            mask[b, :n] = 1
+            mask[b, lc:lc + len(ch.ids)] = 1
+            ids[b, :len(ch.ids)] = ch.ids.to(dev)
+            pos[:, b, :len(ch.ids)] = ch.positions.to(dev)
+        pixels = [p for ch in chunks for p in ch.pixel_values]
+        grids = [g for ch in chunks for g in ch.grids]
+        out = self.model.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+            pixel_values=torch.cat(pixels).to(dev, self.model.dtype) if pixels else None,
+            image_grid_thw=torch.stack(grids).to(dev) if grids else None)
+        last = torch.tensor([len(ch.ids) - 1 for ch in chunks], device=dev)
+        hidden = out.last_hidden_state[torch.arange(batch, device=dev), last]
+        next_pos = torch.tensor([int(ch.positions.max()) + 1 for ch in chunks], device=dev)
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        finished = torch.zeros(batch, dtype=torch.bool, device=dev)
+        for step in range(self.config.max_new_tokens):
+            token = self._sample(self.model.lm_head(hidden).float())
+            for b in range(batch):
+                if not finished[b]:
+                    tokens[b].append(int(token[b]))
+            finished |= torch.tensor([t in self._stops for t in token.tolist()], device=dev)
+            if bool(finished.all()) or step == self.config.max_new_tokens - 1:
+                break
+            live = (~finished).long()
+            mask = torch.cat([mask, live[:, None]], dim=1)
+            feed = torch.where(finished, torch.full_like(token, self._pad), token)
+            step_pos = next_pos.view(1, batch, 1).expand(3, batch, 1)
+            out = self.model.model(input_ids=feed[:, None], attention_mask=mask, position_ids=step_pos,
+                                   past_key_values=cache, use_cache=True)
+            hidden = out.last_hidden_state[:, -1]
+            next_pos = next_pos + live
+        # compact each episode's cache to its own tokens; a cut-off answer's last token is fed next turn
+        for b, st in enumerate(states):
+            keep = mask[b].nonzero().squeeze(1)
+            st.keys = [cache.layers[i].keys[b:b + 1, :, keep] for i in range(n_layers)]
+            st.values = [cache.layers[i].values[b:b + 1, :, keep] for i in range(n_layers)]
+            fed = tokens[b][:-1] if tokens[b] else []
+            st.ids += fed; st.mm_types += [0] * len(fed)
+            st.next_pos = int(next_pos[b])
+            st.pending = [] if tokens[b] and tokens[b][-1] in self._stops else tokens[b][-1:]
+        return tokens
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        logits[:, self._banned.to(logits.device)] = float("-inf")
+        if self.config.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / self.config.temperature, dim=-1)
+        if self.config.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(dim=-1) - sorted_p > self.config.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs.cpu(), 1, generator=self._generator).squeeze(1).to(logits.device)
+
+
+def _padded_cache(states: list[_State], cached: list[int], length: int, n_layers: int, device: torch.device):
+    """A DynamicCache holding each episode's keys/values left-aligned in a batch of `length` slots."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if length == 0:
+        return cache
+    ref = next(st for st in states if st.keys)
+    for layer in range(n_layers):
+        shape = (len(states), ref.keys[layer].shape[1], length, ref.keys[layer].shape[3])
+        keys = torch.zeros(shape, dtype=ref.keys[layer].dtype, device=device)
+        values = torch.zeros(shape, dtype=ref.values[layer].dtype, device=device)
+        for b, (st, n) in enumerate(zip(states, cached)):
+            if n:
+                keys[b, :, :n] = st.keys[layer][0]
+                values[b, :, :n] = st.values[layer][0]
+        cache.update(keys, values, layer)
+    return cache
