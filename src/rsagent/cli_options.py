@@ -9,7 +9,7 @@ from rsagent.core.errors import RsagentError
 from rsagent.policies.base import Policy
 from rsagent.segmenters import SEGMENTERS, Segmenter, make_segmenter
 
-POLICIES = ("oracle",)
+POLICIES = ("oracle", "qwen", "openai")
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,16 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--box-jitter", type=float, default=0.0,
                        help="oracle: std of each box edge's noise, as a fraction of the box size (default 0)")
     group.add_argument("--seed", type=int, default=0, help="oracle wording and box jitter; sampling seed")
+    group.add_argument("--model", help="qwen: hub id or local folder (default Qwen/Qwen2.5-VL-7B-Instruct); "
+                       "openai: the model name the server serves")
+    group.add_argument("--temperature", type=float, default=0.0, help="qwen/openai: 0 = greedy (default)")
+    group.add_argument("--top-p", type=float, default=1.0, help="qwen/openai: nucleus sampling (default 1)")
+    group.add_argument("--max-new-tokens", type=int, default=512, help="qwen/openai: per answer (default 512)")
+    group.add_argument("--max-pixels", type=int, default=None,
+                       help="qwen/openai: pixels per image shown to the model (default 1003520 = 1280 x 28 x 28)")
+    group.add_argument("--dtype", default=None, help="qwen: float32, bfloat16 or float16 (default: bf16 on cuda)")
+    group.add_argument("--no-kv-reuse", action="store_true",
+                       help="qwen: re-encode the whole conversation every turn (for comparison)")
 
 
 def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
@@ -51,4 +61,14 @@ def build_policy(args: argparse.Namespace) -> Policy:
         from rsagent.policies.oracle import OracleConfig, OraclePolicy
 
         return OraclePolicy(OracleConfig(seed=args.seed, box_jitter=args.box_jitter))
+    if args.policy == "qwen":
+        from rsagent.core.frames import QWEN_DEFAULT_MAX_PIXELS
+        from rsagent.policies.qwen import DEFAULT_MODEL, QwenConfig, QwenPolicy
+
+        if args.max_new_tokens < 1:
+            raise RsagentError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        return QwenPolicy(QwenConfig(
+            model=args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels or QWEN_DEFAULT_MAX_PIXELS,
+            reuse_cache=not args.no_kv_reuse, seed=args.seed))
     raise RsagentError(f"unknown policy {args.policy!r}; choose one of {', '.join(POLICIES)}")

@@ -52,7 +52,7 @@ def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTa
                 except Exception as exc:  # noqa: BLE001 - e.g. a segmenter that raises on this image
                     ep.fail(_describe(exc))
             for i in [i for i in active if episodes[i].done]:
-                traj = episodes[i].trajectory({"policy": policy.identifier})
+                traj = episodes[i].trajectory({"policy": policy.identifier, "policy_settings": policy.settings})
                 results[i] = traj
                 if on_done is not None:
                     on_done(traj)

