@@ -29,6 +29,17 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, help="qwen: float32, bfloat16 or float16 (default: bf16 on cuda)")
     group.add_argument("--no-kv-reuse", action="store_true",
                        help="qwen: re-encode the whole conversation every turn (for comparison)")
+    group.add_argument("--base-url", help="openai: the server's API root, e.g. http://localhost:8000/v1 "
+                       "(/chat/completions is appended)")
+    group.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                       help="openai: NAME of the environment variable holding the API key (default OPENAI_API_KEY; "
+                       "unset: no key is sent)")
+    group.add_argument("--frame", default="qwen2.5-vl", choices=("qwen2.5-vl", "norm1000", "pixels"),
+                       help="openai: coordinates the model writes (default qwen2.5-vl: pixels of the smart-resized "
+                       "image; norm1000 for models trained on 0-1000 coordinates)")
+    group.add_argument("--request-timeout", type=float, default=60.0, help="openai: seconds per request (default 60)")
+    group.add_argument("--retries", type=int, default=3, help="openai: retries per request (default 3)")
+    group.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight at once (default 8)")
 
 
 def add_segmenter_args(parser: argparse.ArgumentParser) -> None:
@@ -71,4 +82,19 @@ def build_policy(args: argparse.Namespace) -> Policy:
             model=args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels or QWEN_DEFAULT_MAX_PIXELS,
             reuse_cache=not args.no_kv_reuse, seed=args.seed))
+    if args.policy == "openai":
+        from rsagent.policies.openai_compat import OpenAIConfig, OpenAIPolicy
+
+        if not args.base_url or not args.model:
+            raise RsagentError("--policy openai needs --base-url URL (e.g. http://localhost:8000/v1) and --model NAME")
+        if args.max_new_tokens < 1:
+            raise RsagentError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        policy = OpenAIPolicy(OpenAIConfig(
+            base_url=args.base_url, model=args.model, api_key_env=args.api_key_env or None,
+            temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_new_tokens,
+            timeout=args.request_timeout, retries=args.retries, concurrency=args.concurrency,
+            frame=args.frame, max_pixels=args.max_pixels,
+            seed=args.seed if args.temperature > 0 else None))  # PolicyError (an RsagentError) on bad values
+        policy.check()  # an unreachable server or an unknown model is one line now, not N failed episodes
+        return policy
     raise RsagentError(f"unknown policy {args.policy!r}; choose one of {', '.join(POLICIES)}")

@@ -26,7 +26,7 @@ def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTa
     """Run episodes in lock-step groups of `batch_size`: each turn the policy answers all active ones.
 
     A crash of the policy or the segmenter ends only the episodes it touched, as `failed` with the
-    error recorded; it never drops them. `on_done` sees each trajectory as soon as it is finished.
+    error recorded (a policy may return an exception in one episode's place); it never drops them. `on_done` sees each trajectory as soon as it is finished.
     """
     results: list[Trajectory | None] = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=f"{policy.name}+{segmenter.name}", unit="ep", disable=not progress)
@@ -46,6 +46,9 @@ def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTa
             policy_seconds = (time.perf_counter() - t0) / max(1, len(active))
             for i, answer in zip(active, answers):
                 ep = episodes[i]
+                if isinstance(answer, Exception):  # the policy could not answer this episode
+                    ep.fail(_describe(answer))
+                    continue
                 try:
                     ep.step(answer)
                     ep.turns[-1].seconds["policy"] = policy_seconds

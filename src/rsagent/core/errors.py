@@ -19,3 +19,7 @@ class ModelLoadError(RsagentError):
 
 class DatasetError(RsagentError):
     """A dataset root, split or annotation file that cannot be used as asked."""
+
+
+class PolicyError(RsagentError):
+    """A policy backend that cannot answer: a server that is unreachable, refuses, or answers garbage."""

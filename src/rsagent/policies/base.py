@@ -25,8 +25,12 @@ class Policy(ABC):
         return {}
 
     @abstractmethod
-    def act(self, episodes: Sequence[Episode]) -> list[str]:
-        """One assistant answer per episode, in order; the episodes are not finished."""
+    def act(self, episodes: Sequence[Episode]) -> list[str | Exception]:
+        """One assistant answer per episode, in order; the episodes are not finished.
+
+        An exception in an episode's place fails that episode alone (e.g. its request to a server
+        failed); raising fails every episode of the call.
+        """
 
 
 def format_answer(think: str, name: str, arguments: dict) -> str:
