@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,7 @@ from PIL import Image
 from rsagent.core.errors import PolicyError, RsagentError
 from rsagent.core.image import load_image
 from rsagent.core.mask import mask_box
+from rsagent.core.trajectory import Trajectory
 from rsagent.env.episode import Episode, EpisodeConfig, EpisodeTask
 from rsagent.env.parse import parse_answer
 from rsagent.policies.base import format_answer
@@ -552,3 +557,38 @@ def test_check_explains_refused_keys_and_unreachable_servers(server, monkeypatch
 def test_bad_settings_are_one_line_errors(bad):
     with pytest.raises(RsagentError):
         make_policy(**{"base_url": "http://127.0.0.1:1/v1", **bad})
+
+
+# --- the command line ------------------------------------------------------------------------------------
+def run_cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rsagent.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_cli_segments_through_a_server(server, tasks, segmenter, tmp_path):
+    task = tasks[0]
+    policy = make_policy(server.base_url)
+    box_answer = gt_box_answer(task, segmenter, policy)
+    server.respond = lambda record: ok(
+        SUBMIT if any(m["role"] == "assistant" for m in record["body"]["messages"]) else box_answer)
+    res = run_cli("segment", task.image_path, task.query, "--policy", "openai", "--base-url", server.base_url,
+                  "--model", MODEL, "--api-key-env", KEY_ENV, "--max-pixels", MAX_PIXELS, "--out", tmp_path / "out",
+                  cwd=tmp_path, env={KEY_ENV: SECRET})
+    assert res.returncode == 0, res.stderr
+    assert "turns=2 end=submit" in res.stdout
+    traj = Trajectory.load(tmp_path / "out" / "trajectory.json")
+    assert traj.turns[0].assistant == box_answer and traj.config["policy"].startswith(f"openai:{server.base_url}")
+    assert server.model_requests and server.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in (tmp_path / "out" / "trajectory.json").read_text()
+
+
+def test_cli_unreachable_server_or_unknown_model_is_one_line(server, tasks, tmp_path):
+    image = tasks[0].image_path
+    for base_url, model, expect in ((closed_port_url(), MODEL, "cannot connect"),
+                                    (server.base_url, "not-served", "does not serve model 'not-served'")):
+        res = run_cli("segment", image, "x", "--policy", "openai", "--base-url", base_url, "--model", model,
+                      "--retries", "0", cwd=tmp_path)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and expect in lines[0], res.stderr
+    res = run_cli("segment", image, "x", "--policy", "openai", cwd=tmp_path)
+    assert res.returncode == 2 and "needs --base-url URL" in res.stderr
