@@ -185,3 +185,18 @@ def test_unloadable_model_is_one_line(model, expect, tiny_dir, coco128_root, tmp
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rsagent: error: cannot load Qwen2.5-VL model")
     assert expect in lines[0] and "--model DIR" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_checkpoint_without_image_processor_config_uses_the_stock_one(tiny_dir, tmp_path):
+    import shutil
+    import warnings
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_dir / name, bare / name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        proc = load_processor(str(bare), max_pixels=200_000)
+    assert any("no image processor config" in str(w.message) for w in caught)
+    assert proc.image_processor.size["longest_edge"] == 200_000 and proc.image_processor.patch_size == 14

@@ -16,8 +16,10 @@ does not resize them and the model's absolute coordinates are the view's pixels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from weakref import WeakKeyDictionary
 
 import torch
@@ -44,6 +46,7 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 _END = "<|im_end|>\n"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+_IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _HOW = ("pass a local folder holding a transformers Qwen2.5-VL checkpoint (config.json, model.safetensors, "
         "tokenizer files) with --model DIR (Python: QwenConfig(model=DIR))")
 
@@ -84,7 +87,14 @@ def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: in
 
     def load(source: str, **kwargs) -> QwenVLProcessor:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        images = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs)
+        folder = Path(source)
+        if folder.is_dir() and not any((folder / n).is_file() for n in _IMAGE_PROCESSOR_FILES):
+            # a checkpoint saved without its image processor: Qwen2.5-VL's is the stock one (14-pixel
+            # patches merged 2x2, CLIP normalisation); the pixel limits are set below either way
+            warnings.warn(f"{source} has no image processor config; using Qwen2.5-VL's defaults", stacklevel=3)
+            images = Qwen2VLImageProcessorPil()
+        else:
+            images = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs)
         images.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         return QwenVLProcessor(images, tokenizer, chat_template=CHAT_TEMPLATE)
 
