@@ -27,7 +27,8 @@ from rsagent.data.refer import load_refer
 MINI = "coco-val2017-mini"
 MINI_JSON = "annotations/instances_val2017_subset.json"
 EXAMPLE = "reasonseg-format-example/101677526_e9a3ba3ae1_o.json"
-CROWD = 900100193245  # the crowd RLE (uncompressed counts, 743 px) on image 193245, category person
+CROWD = 900100193245  # the crowd RLE (uncompressed counts) on image 193245, category person
+CROWD_PIXELS = 710  # the sum of its foreground runs (its json "area" says 743)
 MULTI = (2004314, 2162630, 1121612, 1276019)  # two-part polygon annotations (images 176857, 424349, 193245)
 
 
@@ -173,6 +174,21 @@ def test_reasonseg_real_example_and_empty_targets(reasonseg_root: Path, shared_d
     assert int(gt.mask.sum()) == 61 * 71 and gt.ignore is None
     _, gt = load_reasonseg(reasonseg_root, "train")[0].load()
     assert not gt.mask.any() and gt.ignore is None
+
+
+def test_reasonseg_equal_areas_break_ties_as_lisa(mini: Path, shared_data: Path, tmp_path: Path):
+    """LISA draws in `np.argsort(areas)[::-1]` order: of two equal areas the later shape is drawn
+    first, so the earlier one in the json ends on top."""
+    tpl = json.loads((shared_data / EXAMPLE).read_text())["shapes"][0]
+    (tmp_path / "val").mkdir()
+    box = rect(20, 30, 60, 50)
+    for stem, labels in (("a", ["target", "ignore"]), ("b", ["ignore", "target"])):
+        shutil.copy(mini / "images" / "000000409630.jpg", tmp_path / "val" / f"{stem}.jpg")
+        doc = {"text": ["q"], "is_sentence": False, "shapes": [shape(tpl, label, box) for label in labels]}
+        (tmp_path / "val" / f"{stem}.json").write_text(json.dumps(doc))
+    first, second = (s.load()[1] for s in load_reasonseg(tmp_path, "val"))
+    assert int(first.mask.sum()) == 41 * 21 and first.ignore is None
+    assert not second.mask.any() and int(second.ignore.sum()) == 41 * 21
 
 
 def test_reasonseg_errors(reasonseg_root: Path, tmp_path: Path):
@@ -326,7 +342,7 @@ def test_refer_masks_match_pycocotools(refer_root: Path, coco_api: COCO):
             parts = mask_utils.decode(mask_utils.frPyObjects(ann["segmentation"], *gt.mask.shape))
             assert np.array_equal(gt.mask, parts.sum(axis=2).astype(np.uint8) > 0)
     by_id = {s.sample_id: s for s in samples}
-    assert int(by_id["12-120"].load()[1].mask.sum()) == 743  # the crowd RLE's own area
+    assert int(by_id["12-120"].load()[1].mask.sum()) == CROWD_PIXELS
     two_parts = by_id["2-20"].load()[1].mask
     n, _ = cv2.connectedComponents(two_parts.astype(np.uint8))
     assert n - 1 == 2 and abs(int(two_parts.sum()) - 938.7) / 938.7 < 0.1
@@ -390,14 +406,15 @@ def test_coco_one_sample_per_instance_with_crowd_ignore(mini: Path, coco_api: CO
     assert len(samples) == 76 == len(non_crowd)
     assert [s.sample_id for s in samples] == [f"{i}-{a}" for i, a in non_crowd]
     assert all(s.image_path.parent == mini / "images" for s in samples)
-    crowd = coco_api.annToMask(coco_api.loadAnns(CROWD)[0]).astype(bool)
-    assert int(crowd.sum()) == 743
+    crowd_ann = coco_api.loadAnns(CROWD)[0]
+    crowd = coco_api.annToMask(crowd_ann).astype(bool)
+    assert int(crowd.sum()) == CROWD_PIXELS == sum(crowd_ann["segmentation"]["counts"][1::2])
     for sample in samples:
         ann = coco_api.loadAnns(sample.meta["ann_id"])[0]
         assert sample.query == coco_api.loadCats(ann["category_id"])[0]["name"]
         if sample.meta["image_id"] != 193245 and sample.meta["ann_id"] not in MULTI:
             continue  # decode the images with a crowd or a multi-part instance (the rest is the same code)
-        image, gt = sample.load()
+        _, gt = sample.load()
         expected = coco_api.annToMask(ann).astype(bool)
         assert np.array_equal(gt.mask, expected), sample.sample_id
         if ann["image_id"] == 193245 and ann["category_id"] == 1:  # people beside a crowd of people
@@ -433,7 +450,7 @@ def test_coco_queries_file_standard_layout(mini: Path, instances: dict, tmp_path
         for ann in coco_api.loadAnns(sample.meta["ann_ids"]):
             expected |= coco_api.annToMask(ann).astype(bool)
         assert np.array_equal(gt.mask, expected) and gt.ignore is None  # crowd referenced = target
-    assert int(samples[0].load()[1].mask.sum()) > 743
+    assert int(samples[0].load()[1].mask.sum()) > CROWD_PIXELS
     # without the queries file: one per instance of the two images
     (root / "queries_val2017.jsonl").rename(root / "my_queries.jsonl")
     assert len(load_coco(root, "val2017")) == 32 - 1
@@ -461,8 +478,8 @@ def test_coco_errors(mini: Path, tmp_path: Path):
                           ('{"image_id": 193245, "query": "x"}', "give 'ann_ids'"),
                           ('{"image_id": 193245, "ann_id": 1276019}', "'query' must be a non-empty string"),
                           ('{"image_id": 193245, "ann_id": 1276019, "query": "x"', "q.jsonl:1: not a JSON object"),
-                          ('{"image_id": 193245, "ann_id": 1276019, "query": "x"}\n'
-                           '{"image_id": 193245, "ann_ids": [1276019], "query": "y"}',
+                          (('{"image_id": 193245, "ann_id": 1276019, "query": "x"}\n'
+                            '{"image_id": 193245, "ann_ids": [1276019], "query": "y"}'),
                            "q.jsonl:2: sample id '193245-1276019' repeats line 1")]:
         queries.write_text(line)
         with pytest.raises(DatasetError, match=message):

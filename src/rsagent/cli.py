@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rsagent.cli_options import add_policy_args, add_segmenter_args, build_policy, build_segmenter
+from rsagent.cli_options import add_policy_args, add_segmenter_args, build_policy, build_segmenter, segmenter_kwargs
 from rsagent.core.errors import RsagentError
+
+# Options that say how or where a run executes, not what it computes: left out of the recorded
+# configuration that --resume checks (dataset and protocol options are recorded on their own).
+_NOT_SETTINGS = {"command", "out", "resume", "workers", "executor", "ray_address", "gpus_per_worker", "gallery",
+                 "no_progress", "dataset", "root", "split", "annotations", "queries", "limit", "protocol",
+                 "batch_size", "predictions"}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -20,7 +26,44 @@ def _build_parser() -> argparse.ArgumentParser:
     add_policy_args(seg)
     add_segmenter_args(seg)
     seg.add_argument("--out", default="out", help="output directory (default: ./out)")
+
+    ev = sub.add_parser("eval", help="run a policy and a segmenter on every sample of a dataset and score them")
+    _add_run_args(ev)
+    group = ev.add_argument_group("execution")
+    group.add_argument("--workers", type=int, default=1, help="parallel workers (processes or Ray actors), each "
+                       "holding one policy and one segmenter (default 1: in-process)")
+    group.add_argument("--executor", default="local", choices=("local", "ray"),
+                       help="local processes, or Ray actors (pip install rsagent[dist])")
+    group.add_argument("--batch-size", type=int, default=8, help="episodes advanced in lock-step per policy call (default 8)")
+    group.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    group.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray actor reserves (default 0)")
+    add_policy_args(ev)
+    add_segmenter_args(ev)
+
+    sc = sub.add_parser("score", help="score prediction masks made by any method: PRED/<sample_id>.png")
+    _add_run_args(sc)
+    sc.add_argument("--predictions", required=True, metavar="PRED",
+                    help="folder of <sample_id>.png masks (non-zero = foreground, the image's size)")
     return parser
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    from rsagent.data import DATASETS
+    from rsagent.eval.metrics import PROTOCOLS
+
+    group = parser.add_argument_group("dataset and scoring")
+    group.add_argument("--dataset", required=True, choices=DATASETS)
+    group.add_argument("--root", required=True, help="dataset root (manifest: the JSONL file or its folder)")
+    group.add_argument("--split", default=None, help="split (default: the dataset's own; manifest: every line)")
+    group.add_argument("--annotations", default=None, help="coco: instances json (default: under --root)")
+    group.add_argument("--queries", default=None, help="coco: queries JSONL (default: under --root)")
+    group.add_argument("--limit", type=int, default=None, help="only the first N samples, in the loader's order")
+    group.add_argument("--protocol", default="lisa", choices=tuple(PROTOCOLS),
+                       help="scoring convention (default lisa; see docs/evaluation.md)")
+    group.add_argument("--out", required=True, help="output folder: results.jsonl, summary.json, report.html")
+    group.add_argument("--resume", action="store_true", help="finish the run already in --out")
+    group.add_argument("--gallery", type=int, default=60, help="samples pictured in report.html (default 60)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -44,14 +87,69 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_spec(args: argparse.Namespace):
+    from rsagent.eval.run import DatasetSpec
+
+    return DatasetSpec.create(args.dataset, args.root, args.split, annotations=args.annotations,
+                              queries=args.queries, limit=args.limit)
+
+
+def _print_summary(summary: dict, out: str) -> None:
+    print(f"n={summary['n']} gIoU={summary['gIoU']:.4f} cIoU={summary['cIoU']:.4f} "
+          f"failed={summary['failed']} out={out}")
+
+
+def _eval(args: argparse.Namespace, argv: list[str]) -> int:
+    from functools import partial
+
+    from rsagent.env.episode import EpisodeConfig
+    from rsagent.eval.run import evaluate
+    from rsagent.segmenters import make_segmenter
+
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    summary = evaluate(
+        _dataset_spec(args), args.out,
+        policy_factory=partial(build_policy, args),  # rebuilt in each worker from the parsed options
+        segmenter_factory=partial(make_segmenter, args.segmenter, **segmenter_kwargs(args)),
+        episode=EpisodeConfig(max_turns=args.max_turns), protocol=args.protocol, settings=settings,
+        resume=args.resume, workers=args.workers, executor=args.executor, batch_size=args.batch_size,
+        progress=not args.no_progress, argv=argv, gallery=args.gallery, ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker)
+    _print_summary(summary, args.out)
+    return 0
+
+
+def _score(args: argparse.Namespace, argv: list[str]) -> int:
+    from rsagent.eval.run import score
+
+    summary = score(_dataset_spec(args), args.predictions, args.out, protocol=args.protocol, resume=args.resume,
+                    progress=not args.no_progress, argv=argv, gallery=args.gallery)
+    _print_summary(summary, args.out)
+    if summary["missing"] or summary["unreadable"]:
+        print(f"rsagent: {len(summary['missing'])} predictions missing, {len(summary['unreadable'])} unreadable "
+              "(scored as empty; listed in summary.json)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser().parse_args(raw)
     try:
         if args.command == "segment":
             return _segment(args)
+        if args.command == "eval":
+            return _eval(args, ["rsagent", *raw])
+        if args.command == "score":
+            return _score(args, ["rsagent", *raw])
     except RsagentError as exc:
         print(f"rsagent: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command in ("eval", "score"):
+            print(f"rsagent: interrupted; finished samples are kept in {args.out}: finish with --resume",
+                  file=sys.stderr)
+            return 130
+        raise
     return 0
 
 

@@ -62,7 +62,10 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None,
     try:
         img = _open_checked(path, max_pixels)
         # palette masks (VOC style) store labels as indices: read those, not their display colours
-        arr = np.asarray(img if img.mode in ("L", "1", "P", "I", "I;16") else img.convert("L"))
+        if img.mode in ("L", "1", "P", "I", "I;16"):
+            arr = np.asarray(img)
+        else:  # colour masks: foreground where any channel is non-zero (grey conversion rounds dim pixels to 0)
+            arr = np.asarray(img.convert("RGB")).any(axis=2)
     except ImageError as exc:
         raise MaskError(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:

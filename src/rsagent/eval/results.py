@@ -82,7 +82,7 @@ class ResultsWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "ResultsWriter":
+    def __enter__(self) -> ResultsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
