@@ -473,14 +473,14 @@ def test_coco_errors(mini: Path, tmp_path: Path):
         load_coco(root, "val2017")
     queries = root / "q.jsonl"
     for line, message in [('{"image_id": 193245, "ann_ids": [449272], "query": "x"}',
-                           "q.jsonl:1: annotation 449272 belongs to image 424349, not 193245"),
+                           "q.jsonl: line 1: annotation 449272 belongs to image 424349, not 193245"),
                           ('{"image_id": 193245, "ann_ids": [1], "query": "x"}', "annotation 1 is not in"),
                           ('{"image_id": 193245, "query": "x"}', "give 'ann_ids'"),
                           ('{"image_id": 193245, "ann_id": 1276019}', "'query' must be a non-empty string"),
-                          ('{"image_id": 193245, "ann_id": 1276019, "query": "x"', "q.jsonl:1: not a JSON object"),
+                          ('{"image_id": 193245, "ann_id": 1276019, "query": "x"', "q.jsonl: line 1: not valid JSON"),
                           (('{"image_id": 193245, "ann_id": 1276019, "query": "x"}\n'
                             '{"image_id": 193245, "ann_ids": [1276019], "query": "y"}'),
-                           "q.jsonl:2: sample id '193245-1276019' repeats line 1")]:
+                           "q.jsonl: line 2: sample id '193245-1276019' repeats line 1")]:
         queries.write_text(line)
         with pytest.raises(DatasetError, match=message):
             load_coco(root, "val2017", queries=queries)

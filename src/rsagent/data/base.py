@@ -7,7 +7,8 @@ root and what was found there) for a wrong root or a missing split.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rsagent.core.errors import DatasetError
 from rsagent.core.image import load_image
 from rsagent.core.mask import GroundTruth
 
-__all__ = ["DatasetError", "Sample"]
+__all__ = ["DatasetError", "Sample", "read_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,24 @@ class Sample:
         """The RGB image and its ground truth at the image's size."""
         image = load_image(self.image_path)
         return image, self.load_gt(image.shape[0], image.shape[1])
+
+
+def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, str, dict]]:
+    """(line number, where, object) for each non-blank line of a JSONL file; `where` ("path: line N")
+    starts messages.
+    An unreadable file or a line that is not a JSON object is a `DatasetError` naming the line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read the {what} ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {number}"
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise DatasetError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield number, where, record

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 
 from rsagent.core.errors import DatasetError
 from rsagent.core.mask import GroundTruth, decode_rle
-from rsagent.data.base import Sample
+from rsagent.data.base import Sample, read_jsonl
 
 __all__ = ["annotation_mask", "load_coco", "read_json"]
 
@@ -103,20 +103,7 @@ def _int(value) -> bool:
 def _query_specs(path: Path, images: dict, anns: dict) -> list[_Spec]:
     specs: list[_Spec] = []
     seen: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read the queries file ({exc})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise DatasetError(f"{where}: not a JSON object ({exc})") from None
-        if not isinstance(rec, dict):
-            raise DatasetError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for lineno, where, rec in read_jsonl(path, "queries file"):
         image_id = rec.get("image_id")
         if not _int(image_id):
             raise DatasetError(f"{where}: 'image_id' must be an integer")
@@ -249,7 +236,7 @@ def load_coco(root: str | Path, split: str = "val2017", annotations: str | Path 
     for spec in specs:
         img = images[spec.image_id]
         image_path = image_dir / img["file_name"]
-        load_gt = _GroundTruthLoader(image_path, ann_path.name, int(img["height"]), int(img["width"]),
+        load_gt = AnnotationsGroundTruth(image_path, ann_path.name, int(img["height"]), int(img["width"]),
                                      tuple(anns[a] for a in spec.target), tuple(anns[a] for a in spec.ignore))
         samples.append(Sample(spec.sample_id, image_path, spec.query, load_gt,
                               {**spec.meta, "queries": source}))
@@ -257,8 +244,9 @@ def load_coco(root: str | Path, split: str = "val2017", annotations: str | Path 
 
 
 @dataclass(frozen=True, eq=False)
-class _GroundTruthLoader:
-    """`load_gt` of one sample: the union of the target annotations; ignore = crowd pixels not in the target."""
+class AnnotationsGroundTruth:
+    """`load_gt` of one sample: the union of the target annotations; ignore = the union of the ignore
+    annotations (COCO: same-category crowds) minus the target. RefCOCO uses it with one target."""
 
     image_path: Path
     source: str

@@ -24,7 +24,6 @@ sample id) raises DatasetError naming the file and line number.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 from rsagent.core.errors import DatasetError
 from rsagent.core.image import load_mask
 from rsagent.core.mask import GroundTruth, polygons_to_mask
-from rsagent.data.base import Sample
+from rsagent.data.base import Sample, read_jsonl
 
 MANIFEST_NAME = "manifest.jsonl"
 _KNOWN = {"sample_id", "image", "query", "mask", "polygons", "ignore", "split"}
@@ -82,23 +81,10 @@ def load_manifest(root: str | Path, split: str | None = None) -> list[Sample]:
         what = f"a folder without {MANIFEST_NAME}" if root.is_dir() else "no such file"
         raise DatasetError(f"{root}: expected a manifest JSONL file or a folder holding {MANIFEST_NAME} ({what})")
     base = manifest.parent
-    try:
-        text = manifest.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{manifest}: cannot read the manifest ({exc})") from None
     samples: list[Sample] = []
     seen: dict[str, int] = {}
     splits: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{manifest}: line {number}"
-        try:
-            entry = json.loads(line)
-        except ValueError as exc:
-            raise DatasetError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+    for number, where, entry in read_jsonl(manifest, "manifest"):
         for key in ("sample_id", "image", "query"):
             if key not in entry:
                 raise DatasetError(f"{where}: missing \"{key}\"")

@@ -17,13 +17,11 @@ ignore pixels. See docs/datasets.md.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 from rsagent.core.errors import DatasetError
-from rsagent.core.mask import GroundTruth
 from rsagent.data.base import Sample
-from rsagent.data.coco import annotation_mask, check_size, read_json
+from rsagent.data.coco import AnnotationsGroundTruth, read_json
 
 __all__ = ["REFS_FILES", "load_refer", "load_refs"]
 
@@ -137,7 +135,7 @@ def load_refer(root: str | Path, dataset: str, split: str = "val") -> list[Sampl
             if not image_path.is_file():
                 raise DatasetError(f"{image_path}: no such image (ref {ref_id})")
             checked.add(image_id)
-        load_gt = _RefMask(image_path, f"{dataset}/instances.json", height, width, ann)
+        load_gt = AnnotationsGroundTruth(image_path, f"{dataset}/instances.json", height, width, (ann,), ())
         for sent in sentences:
             try:
                 sent_id, text = sent["sent_id"], sent["sent"]
@@ -151,19 +149,3 @@ def load_refer(root: str | Path, dataset: str, split: str = "val") -> list[Sampl
                     "image_id": image_id, "category_id": ref.get("category_id"), "raw": sent.get("raw", text)}
             samples.append(Sample(sample_id, image_path, text, load_gt, meta))
     return samples
-
-
-@dataclass(frozen=True, eq=False)
-class _RefMask:
-    """`load_gt` of a ref's samples: the referred annotation's mask at the instances file's size."""
-
-    image_path: Path
-    source: str
-    height: int
-    width: int
-    ann: dict
-
-    def __call__(self, height: int, width: int) -> GroundTruth:
-        check_size(self.image_path, height, width, self.height, self.width, self.source)
-        return GroundTruth(annotation_mask(self.ann["segmentation"], self.height, self.width,
-                                           f"{self.source}: annotation {self.ann.get('id')}"))
