@@ -112,12 +112,14 @@ def load_qwen_model(model: str, device: str, dtype: torch.dtype) -> Qwen2_5_VLFo
 
 @dataclass
 class _State:
-    """One episode's sequence: what the model has read (history, for re-encoding) and its KV cache."""
+    """One episode's sequence: its KV cache (reuse_cache) or everything it has fed (re-encoding)."""
 
-    ids: list[int] = field(default_factory=list)  # every token fed to the model, in order
+    # re-encoding only: every token and image fed to the model so far, in order
+    ids: list[int] = field(default_factory=list)
     mm_types: list[int] = field(default_factory=list)
-    pixel_values: list[torch.Tensor] = field(default_factory=list)  # per image fed
+    pixel_values: list[torch.Tensor] = field(default_factory=list)  # per image
     grids: list[torch.Tensor] = field(default_factory=list)
+    # reuse_cache only: the keys and values of that sequence
     keys: list[torch.Tensor] = field(default_factory=list)  # per layer (1, heads, len, dim)
     values: list[torch.Tensor] = field(default_factory=list)
     next_pos: int = 0  # the rope position of the next token
@@ -174,7 +176,8 @@ class QwenPolicy(Policy):
         return torch.tensor(banned, dtype=torch.long)
 
     # --- building the new part of each episode's sequence ------------------------------------------
-    def _new_chunk(self, episode: Episode, state: _State) -> _Chunk:
+    def _new_part(self, episode: Episode, state: _State) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+        """Token ids, modality types, pixel values and grids of what this turn adds to the sequence."""
         messages = episode_chat(episode, render=False)
         full = render_chat(self.processor.tokenizer, messages, add_generation_prompt=True)
         if state.n_messages == 0:
@@ -192,7 +195,7 @@ class QwenPolicy(Policy):
         pixels = list(torch.split(inputs["pixel_values"], [int(g.prod()) for g in grids])) if images else []
         state.n_messages = len(messages) + 1  # + the answer this turn will add
         state.pending = []
-        return self._positioned(ids, mm, pixels, grids, state.next_pos)
+        return ids, mm, pixels, grids
 
     def _positioned(self, ids: torch.Tensor, mm: torch.Tensor, pixels: list[torch.Tensor], grids: list[torch.Tensor],
                     start: int) -> _Chunk:
@@ -204,15 +207,16 @@ class QwenPolicy(Policy):
     @torch.inference_mode()
     def act(self, episodes: Sequence[Episode]) -> list[str]:
         states = [self._states.setdefault(ep, _State()) for ep in episodes]
-        chunks = [self._new_chunk(ep, st) for ep, st in zip(episodes, states)]
-        for st, ch in zip(states, chunks):  # the history, for re-encoding
-            st.ids += ch.ids.tolist(); st.mm_types += ch.mm_types.tolist()
-            st.pixel_values += ch.pixel_values; st.grids += ch.grids
-        if not self.config.reuse_cache:
-            chunks = [self._positioned(torch.tensor(st.ids), torch.tensor(st.mm_types), st.pixel_values, st.grids, 0)
-                      for st in states]
-            for st in states:
-                st.keys, st.values = [], []
+        parts = [self._new_part(ep, st) for ep, st in zip(episodes, states)]
+        if self.config.reuse_cache:  # the new part only, after the cached sequence
+            chunks = [self._positioned(*part, st.next_pos) for part, st in zip(parts, states)]
+        else:  # the whole sequence again, from an empty cache
+            chunks = []
+            for st, (ids, mm, pixels, grids) in zip(states, parts):
+                st.ids += ids.tolist(); st.mm_types += mm.tolist()
+                st.pixel_values += pixels; st.grids += grids
+                chunks.append(self._positioned(torch.tensor(st.ids), torch.tensor(st.mm_types), st.pixel_values,
+                                               st.grids, 0))
         generated = self._generate(states, chunks)
         self.stats["prefill_tokens"] += sum(len(ch.ids) for ch in chunks)
         self.stats["generated_tokens"] += sum(len(g) for g in generated)
@@ -262,13 +266,16 @@ class QwenPolicy(Policy):
                                    past_key_values=cache, use_cache=True)
             hidden = out.last_hidden_state[:, -1]
             next_pos = next_pos + live
-        # compact each episode's cache to its own tokens; a cut-off answer's last token is fed next turn
+        # reuse: compact each episode's cache to its own tokens; re-encoding: remember what was fed.
+        # A cut-off answer's last token was never fed: it leads the next turn's part.
         for b, st in enumerate(states):
-            keep = mask[b].nonzero().squeeze(1)
-            st.keys = [cache.layers[i].keys[b:b + 1, :, keep] for i in range(n_layers)]
-            st.values = [cache.layers[i].values[b:b + 1, :, keep] for i in range(n_layers)]
-            fed = tokens[b][:-1] if tokens[b] else []
-            st.ids += fed; st.mm_types += [0] * len(fed)
+            if self.config.reuse_cache:
+                keep = mask[b].nonzero().squeeze(1)
+                st.keys = [cache.layers[i].keys[b:b + 1, :, keep] for i in range(n_layers)]
+                st.values = [cache.layers[i].values[b:b + 1, :, keep] for i in range(n_layers)]
+            else:
+                fed = tokens[b][:-1]
+                st.ids += fed; st.mm_types += [0] * len(fed)
             st.next_pos = int(next_pos[b])
             st.pending = [] if tokens[b] and tokens[b][-1] in self._stops else tokens[b][-1:]
         return tokens
