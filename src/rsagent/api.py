@@ -7,9 +7,9 @@ from pathlib import Path
 
 from rsagent.core.image import load_image, load_mask, save_image, save_mask
 from rsagent.core.mask import GroundTruth, decode_rle
-from rsagent.core.trajectory import ImageRef, Trajectory
+from rsagent.core.trajectory import Trajectory
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
-from rsagent.env.render import render_view
+from rsagent.env.render import turn_overlays
 from rsagent.policies.base import Policy
 from rsagent.runner import run_episode
 from rsagent.segmenters.base import Segmenter
@@ -49,21 +49,6 @@ def segment_image(image_path: str | Path, query: str, policy: Policy, segmenter:
         out = Path(out_dir)
         write_outputs(traj, image, out)
     return SegmentResult(traj, out)
-
-
-def turn_overlays(traj: Trajectory, image) -> list:
-    """One picture per turn: the image the turn's observation showed, else the answer so far on view 0."""
-    views = {v.id: v for v in traj.views}
-    masks = {c.id: decode_rle(c.rle) for c in traj.candidates}
-    pictures = []
-    latest: list[int] = []
-    for turn in traj.turns:
-        if turn.candidate_id is not None:
-            latest = [turn.candidate_id]
-        refs = turn.observation.images or [ImageRef(0, tuple(latest))]
-        ref = refs[0]
-        pictures.append(render_view(image, views[ref.view_id], [(m, masks[m]) for m in ref.mask_ids]))
-    return pictures
 
 
 def write_outputs(traj: Trajectory, image, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def _open_checked(path: str | Path, max_pixels: int) -> Image.Image:
     return img
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the image's header, without decoding its pixels."""
+    with Image.open(path) as img:
+        width, height = img.size
+    return height, width
+
+
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Load an image as an (H, W, 3) uint8 RGB array. Raises ImageError with a one-line reason."""
     img = _open_checked(path, max_pixels)
@@ -77,10 +85,17 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None,
     return arr != 0
 
 
+def mask_png(mask: np.ndarray) -> bytes:
+    """A bool mask as the bytes of a single-channel PNG with values 0 and 255."""
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_mask(path: str | Path, mask: np.ndarray) -> None:
     """Write a bool mask as a single-channel PNG with values 0 and 255."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(path)
+    Path(path).write_bytes(mask_png(mask))
 
 
 def save_image(path: str | Path, image: np.ndarray) -> None:

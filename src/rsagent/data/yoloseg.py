@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from rsagent.core.errors import RsagentError
+from rsagent.core.image import image_size
 from rsagent.core.mask import GroundTruth, polygons_to_mask
 
 COCO80 = (
@@ -71,8 +71,7 @@ def load_yolo_seg(root: str | Path, split: str = "train2017") -> list[PolygonTar
         if image_path is None:
             missing.append(label_file.stem)
             continue
-        with Image.open(image_path) as im:
-            width, height = im.size
+        height, width = image_size(image_path)
         for index, line in enumerate(label_file.read_text().splitlines()):
             values = line.split()
             if len(values) < 7:

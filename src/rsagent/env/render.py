@@ -6,7 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rsagent.core.mask import deepest_point
+from rsagent.core.mask import decode_rle, deepest_point
+from rsagent.core.trajectory import ImageRef, Trajectory
 from rsagent.core.view import View
 
 # Distinct, saturated colours (RGB) that stay visible on most photos.
@@ -73,3 +74,18 @@ def render_view(image: np.ndarray, view: View, masks: list[tuple[int, np.ndarray
     pixels = view.render(image) if pixels is None else pixels
     in_view = [(mid, view.mask_from_image(m)) for mid, m in masks]
     return render_overlay(pixels, in_view, view_caption(view))
+
+
+def turn_overlays(traj: Trajectory, image: np.ndarray) -> list[np.ndarray]:
+    """One picture per turn: the image the turn's observation showed, else the answer so far on view 0."""
+    views = {v.id: v for v in traj.views}
+    masks = {c.id: decode_rle(c.rle) for c in traj.candidates}
+    pictures = []
+    latest: list[int] = []
+    for turn in traj.turns:
+        if turn.candidate_id is not None:
+            latest = [turn.candidate_id]
+        refs = turn.observation.images or [ImageRef(0, tuple(latest))]
+        ref = refs[0]
+        pictures.append(render_view(image, views[ref.view_id], [(m, masks[m]) for m in ref.mask_ids]))
+    return pictures

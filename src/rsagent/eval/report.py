@@ -168,7 +168,7 @@ def select_gallery(records: list[dict], cap: int) -> list[tuple[str, list[dict]]
 
 def _turn_page(out: Path, name: str, traj_path: Path, image: np.ndarray) -> str | None:
     """Write pages/<name>/index.html with one picture per turn; returns its URL relative to out."""
-    from rsagent.api import turn_overlays
+    from rsagent.env.render import turn_overlays
     from rsagent.trajectory_page import trajectory_html
 
     traj = Trajectory.load(traj_path)

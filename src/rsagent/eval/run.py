@@ -18,7 +18,6 @@ segmenter and lists the dataset itself, and only the driver writes the output fi
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import os
 import sys
@@ -30,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from rsagent.core.errors import DatasetError, MaskError, RsagentError
-from rsagent.core.image import load_mask
+from rsagent.core.image import image_size, load_mask, mask_png
 from rsagent.core.mask import GroundTruth, decode_rle
 from rsagent.core.trajectory import Trajectory
 from rsagent.data import Sample, load_dataset
@@ -105,13 +103,6 @@ class Outcome:
 # --- per-sample work (runs in workers) -------------------------------------------------------------
 def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, RsagentError) else f"{type(exc).__name__}: {exc}"
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image header, without decoding the pixels."""
-    with Image.open(path) as im:
-        width, height = im.size
-    return height, width
 
 
 def _empty_result(sample: Sample, protocol: Protocol, error: str, t0: float, size: tuple[int, int] | None = None) -> dict:
@@ -367,10 +358,7 @@ class _Run:
             name = safe_name(sid)
             atomic_write_text(self.out / "trajectories" / f"{name}.json",
                               json.dumps(outcome.trajectory, indent=1, allow_nan=False, ensure_ascii=False))
-            mask = decode_rle(outcome.trajectory["final"]["rle"])
-            buf = io.BytesIO()
-            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
-            atomic_write_bytes(self.out / "masks" / f"{name}.png", buf.getvalue())
+            atomic_write_bytes(self.out / "masks" / f"{name}.png", mask_png(decode_rle(outcome.trajectory["final"]["rle"])))
         self.writer.append(rec)
         self.done[sid] = rec
         self._iou_sum += float(rec["IoU"])
