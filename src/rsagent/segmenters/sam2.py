@@ -68,6 +68,26 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 # --------------------------------------------------------------------------- configs for tests/benches
 
+def _hiera_vision_config(dims: list[int], blocks: list[int], heads: list[int], global_blocks: list[int],
+                         windows: list[int], **extra) -> dict:
+    """The `vision_config` of a SAM2 whose Hiera backbone has these per-stage sizes."""
+    return {
+        "model_type": "sam2_vision_model",
+        "backbone_config": {
+            "model_type": "sam2_hiera_det_model",
+            "hidden_size": dims[0],
+            "embed_dim_per_stage": dims,
+            "blocks_per_stage": blocks,
+            "num_attention_heads_per_stage": heads,
+            "global_attention_blocks": global_blocks,
+            "window_size_per_stage": windows,
+            "window_positional_embedding_background_size": [7, 7],
+        },
+        "backbone_channel_list": dims[::-1],
+        **extra,
+    }
+
+
 def tiny_sam2_config():
     """A tiny random SAM2 (about 0.35 M parameters) that runs the real code paths.
 
@@ -76,24 +96,10 @@ def tiny_sam2_config():
     """
     from transformers import Sam2Config
 
-    dims = [16, 32, 64, 128]
     width = 32
     return Sam2Config(
-        vision_config={
-            "model_type": "sam2_vision_model",
-            "backbone_config": {
-                "model_type": "sam2_hiera_det_model",
-                "hidden_size": dims[0],
-                "embed_dim_per_stage": dims,
-                "blocks_per_stage": [1, 1, 2, 1],
-                "num_attention_heads_per_stage": [1, 1, 2, 2],
-                "global_attention_blocks": [3],
-                "window_size_per_stage": [8, 4, 14, 7],
-                "window_positional_embedding_background_size": [7, 7],
-            },
-            "backbone_channel_list": dims[::-1],
-            "fpn_hidden_size": width,
-        },
+        vision_config=_hiera_vision_config([16, 32, 64, 128], [1, 1, 2, 1], [1, 1, 2, 2], [3], [8, 4, 14, 7],
+                                           fpn_hidden_size=width),
         prompt_encoder_config={"hidden_size": width},
         mask_decoder_config={"hidden_size": width, "mlp_dim": 4 * width, "num_attention_heads": 2,
                              "iou_head_hidden_dim": width},
@@ -110,21 +116,8 @@ def sam2_config(size: str = "tiny"):
     if size == "tiny-size":
         return Sam2Config()  # transformers' defaults are sam2.1-hiera-tiny
     if size == "large-size":
-        dims = [144, 288, 576, 1152]
-        return Sam2Config(vision_config={
-            "model_type": "sam2_vision_model",
-            "backbone_config": {
-                "model_type": "sam2_hiera_det_model",
-                "hidden_size": dims[0],
-                "embed_dim_per_stage": dims,
-                "blocks_per_stage": [2, 6, 36, 4],
-                "num_attention_heads_per_stage": [2, 4, 8, 16],
-                "global_attention_blocks": [23, 33, 43],
-                "window_size_per_stage": [8, 4, 16, 8],
-                "window_positional_embedding_background_size": [7, 7],
-            },
-            "backbone_channel_list": dims[::-1],
-        })
+        return Sam2Config(vision_config=_hiera_vision_config(
+            [144, 288, 576, 1152], [2, 6, 36, 4], [2, 4, 8, 16], [23, 33, 43], [8, 4, 16, 8]))
     raise ValueError(f"unknown SAM2 config {size!r}; choose tiny, tiny-size or large-size")
 
 
