@@ -25,7 +25,7 @@ from rsagent.core.errors import DatasetError
 from rsagent.core.mask import GroundTruth, decode_rle
 from rsagent.data.base import Sample, read_jsonl
 
-__all__ = ["annotation_mask", "load_coco", "read_json"]
+__all__ = ["annotation_mask", "load_coco", "read_instances", "read_json"]
 
 
 def read_json(path: Path, what: str = "json file"):
@@ -181,6 +181,28 @@ def _image_dir(root: Path, split: str, ann_path: Path, file_names: list[str]) ->
     return image_dir
 
 
+def read_instances(path: Path, what: str) -> tuple[dict, dict, dict]:
+    """A COCO instances json as (images by id, annotations by id, category names by id); every
+    annotation must have image_id, category_id and segmentation, every image file_name and size."""
+    data = read_json(path, what)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise DatasetError(f"{path}: not a COCO instances file (needs 'images' and 'annotations' lists)")
+    try:
+        images = {img["id"]: img for img in data["images"]}
+        anns = {ann["id"]: ann for ann in data["annotations"]}
+        categories = {c["id"]: c["name"] for c in data.get("categories", [])}
+        missing = next((f"annotation {a.get('id')} lacks '{k}'" for a in anns.values()
+                        for k in ("image_id", "category_id", "segmentation") if k not in a), None) or \
+            next((f"image {i.get('id')} lacks '{k}'" for i in images.values()
+                  for k in ("file_name", "height", "width") if k not in i), None)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path}: malformed images, annotations or categories ({exc!r})") from None
+    if missing:
+        raise DatasetError(f"{path}: {missing}")
+    return images, anns, categories
+
+
 def load_coco(root: str | Path, split: str = "val2017", annotations: str | Path | None = None,
               queries: str | Path | None = None) -> list[Sample]:
     """Samples from a COCO instances json: the queries file's lines in order, or one per non-crowd
@@ -199,22 +221,7 @@ def load_coco(root: str | Path, split: str = "val2017", annotations: str | Path 
             found = sorted(p.name for p in ann_dir.glob("*.json")) if ann_dir.is_dir() else []
             raise DatasetError(f"{ann_path}: no such annotations file (json files in {ann_dir}: "
                                f"{', '.join(found) or 'none'}); pass annotations= to choose one")
-    data = read_json(ann_path, "COCO annotations file")
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("annotations"), list):
-        raise DatasetError(f"{ann_path}: not a COCO instances file (needs 'images' and 'annotations' lists)")
-    try:
-        images = {img["id"]: img for img in data["images"]}
-        anns = {ann["id"]: ann for ann in data["annotations"]}
-        categories = {c["id"]: c["name"] for c in data.get("categories", [])}
-        missing = next((f"annotation {a.get('id')} lacks '{k}'" for a in anns.values()
-                        for k in ("image_id", "category_id", "segmentation") if k not in a), None) or \
-            next((f"image {i.get('id')} lacks '{k}'" for i in images.values()
-                  for k in ("file_name", "height", "width") if k not in i), None)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"{ann_path}: malformed images, annotations or categories ({exc!r})") from None
-    if missing:
-        raise DatasetError(f"{ann_path}: {missing}")
+    images, anns, categories = read_instances(ann_path, "COCO annotations file")
 
     if queries is not None:
         q_path = _resolve(queries, root)

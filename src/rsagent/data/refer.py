@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rsagent.core.errors import DatasetError
 from rsagent.data.base import Sample
-from rsagent.data.coco import AnnotationsGroundTruth, read_json
+from rsagent.data.coco import AnnotationsGroundTruth, read_instances
 
 __all__ = ["REFS_FILES", "load_refer", "load_refs"]
 
@@ -97,12 +97,7 @@ def load_refer(root: str | Path, dataset: str, split: str = "val") -> list[Sampl
     if not selected:
         raise DatasetError(f"{refs_path}: no refs in split {split!r} (splits present: {', '.join(splits) or 'none'})")
 
-    data = read_json(inst_path, "instances file")
-    try:
-        images = {img["id"]: img for img in data["images"]}
-        anns = {ann["id"]: ann for ann in data["annotations"]}
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(f"{inst_path}: not a COCO instances file ({exc!r})") from None
+    images, anns, _ = read_instances(inst_path, "instances file")
     image_dir = root / IMAGES_SUBDIR
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: no such image folder (the COCO train2014 images go there)")
@@ -118,8 +113,6 @@ def load_refer(root: str | Path, dataset: str, split: str = "val") -> list[Sampl
         ann = anns.get(ann_id)
         if ann is None:
             raise DatasetError(f"{inst_path}: annotation {ann_id} (ref {ref_id}) is not in the instances file")
-        if "segmentation" not in ann:
-            raise DatasetError(f"{inst_path}: annotation {ann_id} (ref {ref_id}) has no segmentation")
         if image_id not in images:
             raise DatasetError(f"{inst_path}: image {image_id} (ref {ref_id}) is not in the instances file")
         if ann.get("image_id") != image_id:
