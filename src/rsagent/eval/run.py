@@ -305,6 +305,7 @@ class _Run:
             raise RsagentError(f"{self.out} already holds results ({results}): pass --resume to finish that run, "
                                "or choose another --out")
         self.config = _jsonable(self.config)
+        revision = git_revision()
         if self.resume and run_json.exists():
             self.meta = json.loads(run_json.read_text(encoding="utf-8"))
             stored = self.meta.get("config", {})
@@ -320,9 +321,9 @@ class _Run:
         else:
             # versions and git state as the run starts: what reproduces it, even if a resume runs later code
             self.meta = {"kind": self.kind, "config": self.config, "models": None, "versions": package_versions(),
-                         "git": git_revision(), "invocations": []}
+                         "git": revision, "invocations": []}
         self.meta.setdefault("invocations", []).append({"argv": self.argv, "started": _now(), **self.execution,
-                                                        "git": git_revision()})
+                                                        "git": revision})
         self._save_meta()
         ids = {s.sample_id for s in self.samples}
         for rec in read_results(results, repair=True):
