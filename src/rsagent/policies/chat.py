@@ -18,15 +18,9 @@ CHAT_TEMPLATE = (files("rsagent.policies") / "chat_template.jinja").read_text(en
 TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>\n", "\n</tool_response>"  # as the template writes them
 
 
-def episode_chat(episode: Episode, render: bool = True) -> list[dict]:
-    """The episode's conversation so far. Rendered, image parts become {"type": "image", "image": (H, W, 3)
-    uint8 array at the view's displayed size}; otherwise they stay {"type": "image", "ref": ImageRef}."""
-    messages = episode.messages()
-    return render_images(episode, messages) if render else messages
-
-
 def render_images(episode: Episode, messages: list[dict]) -> list[dict]:
-    """`messages` with each image reference replaced by the rendered image."""
+    """`messages` (from `Episode.messages()`) with each image reference replaced by the rendered image:
+    {"type": "image", "image": (H, W, 3) uint8 array at the view's displayed size}."""
     return [{"role": m["role"], "content": [{"type": "image", "image": episode.render(p["ref"])}
                                             if p["type"] == "image" else p for p in m["content"]]}
             for m in messages]

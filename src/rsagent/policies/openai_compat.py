@@ -1,7 +1,7 @@
 """The `openai` policy: any OpenAI-compatible chat server with images (vLLM, SGLang, hosted APIs).
 
 One `POST {base_url}/chat/completions` per active episode and turn, the requests of one `act` call
-in parallel threads. The conversation is the project's (policies.chat.episode_chat) converted to
+in parallel threads. The conversation is the project's (Episode.messages()) converted to
 OpenAI messages: images as base64 data URLs rendered at the coordinate frame's display size, tool
 observations as `user` messages wrapped in `<tool_response>` exactly as the project's chat template
 wraps them (hosted APIs refuse `role: tool` without a prior `tool_calls`, and the stock Qwen2.5-VL

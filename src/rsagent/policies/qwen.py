@@ -37,7 +37,6 @@ from rsagent.policies.base import Policy
 from rsagent.policies.chat import (
     CHAT_TEMPLATE,
     chat_images,
-    episode_chat,
     render_chat,
     render_images,
 )
@@ -178,7 +177,7 @@ class QwenPolicy(Policy):
     # --- building the new part of each episode's sequence ------------------------------------------
     def _new_part(self, episode: Episode, state: _State) -> tuple[torch.Tensor, torch.Tensor, list, list]:
         """Token ids, modality types, pixel values and grids of what this turn adds to the sequence."""
-        messages = episode_chat(episode, render=False)
+        messages = episode.messages()
         full = render_chat(self.processor.tokenizer, messages, add_generation_prompt=True)
         if state.n_messages == 0:
             text, new = full, messages
