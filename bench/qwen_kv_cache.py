@@ -28,9 +28,8 @@ from rsagent.core.mask import GroundTruth, polygons_to_mask
 from rsagent.data.yoloseg import load_yolo_seg
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.policies.base import Policy
-from rsagent.policies.chat import CHAT_TEMPLATE
 from rsagent.policies.oracle import OracleConfig, OraclePolicy
-from rsagent.policies.qwen import QwenConfig, QwenPolicy, QwenVLProcessor
+from rsagent.policies.qwen import QwenConfig, QwenPolicy, make_processor
 from rsagent.policies.qwen_random import (
     qwen25vl_7b_config,
     qwen_tokenizer,
@@ -107,13 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     t0 = time.perf_counter()
     model = build_model(args.size, args.device, dtype)
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
-
-    images = Qwen2VLImageProcessorPil()
-    images.size = {"shortest_edge": 56 * 56, "longest_edge": args.max_pixels}
-    processor = QwenVLProcessor(images, qwen_tokenizer(), chat_template=CHAT_TEMPLATE)
+    processor = make_processor(qwen_tokenizer(), max_pixels=args.max_pixels)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: random Qwen2.5-VL ({args.size}, {n_params / 1e9:.2f} B params, {dtype}) on {args.device}, "
           f"built in {time.perf_counter() - t0:.1f} s")

@@ -76,26 +76,33 @@ class QwenConfig:
         return dict(self.__dict__)
 
 
+def make_processor(tokenizer, images=None, min_pixels: int = QWEN_MIN_PIXELS,
+                   max_pixels: int = QWEN_DEFAULT_MAX_PIXELS) -> QwenVLProcessor:
+    """The processor from a tokenizer and a Pillow image processor (default: Qwen2.5-VL's stock one,
+    14-pixel patches merged 2x2, CLIP normalisation), its pixel limits set, with the project's template."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    images = images if images is not None else Qwen2VLImageProcessorPil()
+    images.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return QwenVLProcessor(images, tokenizer, chat_template=CHAT_TEMPLATE)
+
+
 def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_DEFAULT_MAX_PIXELS,
                    need_weights: bool = False) -> QwenVLProcessor:
     """Tokenizer + the Pillow image processor from a hub id or folder, and the project's chat template."""
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     def load(source: str, **kwargs) -> QwenVLProcessor:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         folder = Path(source)
+        images = None
         if folder.is_dir() and not any((folder / n).is_file() for n in _IMAGE_PROCESSOR_FILES):
-            # a checkpoint saved without its image processor: Qwen2.5-VL's is the stock one (14-pixel
-            # patches merged 2x2, CLIP normalisation); the pixel limits are set below either way
+            # a checkpoint saved without its image processor: Qwen2.5-VL's stock one serves
             warnings.warn(f"{source} has no image processor config; using Qwen2.5-VL's defaults", stacklevel=3)
-            images = Qwen2VLImageProcessorPil()
         else:
             images = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs)
-        images.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        return QwenVLProcessor(images, tokenizer, chat_template=CHAT_TEMPLATE)
+        return make_processor(tokenizer, images, min_pixels, max_pixels)
 
     return load_pretrained(load, model, what="Qwen2.5-VL model", how=_HOW, model_types=("qwen2_5_vl",),
                            need_weights=need_weights)

@@ -80,16 +80,14 @@ def qwen25vl_7b_config():
 def save_tiny_qwen(out: str | Path, seed: int = 0) -> Path:
     """Write a random tiny Qwen2.5-VL (weights, config, tokenizer, image processor, chat template) to `out`."""
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from rsagent.policies.chat import CHAT_TEMPLATE
-    from rsagent.policies.qwen import QwenVLProcessor
+    from rsagent.policies.qwen import make_processor
 
     out = Path(out)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config()).eval()
     model.save_pretrained(out)
-    processor = QwenVLProcessor(Qwen2VLImageProcessorPil(), qwen_tokenizer(), chat_template=CHAT_TEMPLATE)
+    processor = make_processor(qwen_tokenizer())
     processor.save_pretrained(out)
     return out
 
