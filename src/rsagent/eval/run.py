@@ -221,18 +221,19 @@ def score_sample(sample: Sample, pred_dir: Path, protocol: Protocol) -> dict:
 
 
 class GuardedWorker:
-    """An EpisodeWorker built in a worker process or actor: a failure to build it (a model that
-    does not load) is kept and raised, with its message, by every call, instead of killing the worker."""
+    """A worker (`worker_cls(*args)`: an EpisodeWorker, or synthesis' worker) built in a worker process
+    or actor: a failure to build it (a model that does not load) is kept and raised, with its message,
+    by every call, instead of killing the worker."""
 
-    def __init__(self, *args) -> None:
-        self.worker: EpisodeWorker | None = None
+    def __init__(self, worker_cls: type, *args) -> None:
+        self.worker = None
         self.error: str | None = None
         try:
-            self.worker = EpisodeWorker(*args)
+            self.worker = worker_cls(*args)
         except BaseException as exc:  # noqa: BLE001 - reported to the driver by the next call
             self.error = _describe(exc)
 
-    def _get(self) -> EpisodeWorker:
+    def _get(self):
         if self.worker is None:
             raise RsagentError(f"a worker failed to start: {self.error}")
         return self.worker
@@ -294,6 +295,8 @@ class _Run:
     protocol: Protocol
     done: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    write_masks: bool = True  # masks/<name>.png beside each trajectory (eval); synthesis keeps only the RLE
+    postfix: Callable[[dict], dict] | None = None  # progress-bar figures from the finished records; None: gIoU
 
     def open(self) -> list[Sample]:
         """Check the folder against --resume; return the samples still to do."""
@@ -359,7 +362,9 @@ class _Run:
             name = safe_name(sid)
             atomic_write_text(self.out / "trajectories" / f"{name}.json",
                               json.dumps(outcome.trajectory, indent=1, allow_nan=False, ensure_ascii=False))
-            atomic_write_bytes(self.out / "masks" / f"{name}.png", mask_png(decode_rle(outcome.trajectory["final"]["rle"])))
+            if self.write_masks:
+                atomic_write_bytes(self.out / "masks" / f"{name}.png",
+                                   mask_png(decode_rle(outcome.trajectory["final"]["rle"])))
         self.writer.append(rec)
         self.done[sid] = rec
         self._iou_sum += float(rec["IoU"])
@@ -367,7 +372,9 @@ class _Run:
         self._postfix()
 
     def _postfix(self) -> None:
-        if self.done:
+        if self.done and self.postfix is not None:
+            self.bar.set_postfix(self.postfix(self.done), refresh=False)
+        elif self.done:
             failed = sum(r["status"] != "ok" for r in self.done.values())
             self.bar.set_postfix(gIoU=f"{self._iou_sum / len(self.done):.4f}", failed=failed, refresh=False)
 
@@ -429,16 +436,9 @@ def evaluate(dataset: DatasetSpec, out_dir: str | Path, *, policy_factory: Calla
     try:
         pending = run.open()
         worker_args = (dataset, policy_factory, segmenter_factory, episode, proto.name, batch_size)
-        if pending:
-            if executor == "ray":
-                _run_ray(run, pending, worker_args, workers, batch_size, ray_address, gpus_per_worker)
-            elif workers == 1:
-                worker = EpisodeWorker(*worker_args, samples=samples)
-                run.set_models(worker.models())
-                for chunk in _chunks(pending, batch_size):
-                    worker.run(chunk, run.commit)
-            else:
-                _run_pool(run, pending, worker_args, workers, batch_size)
+        execute(run, pending, EpisodeWorker, worker_args, workers=workers, executor=executor, batch_size=batch_size,
+                ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+                in_process=lambda: EpisodeWorker(*worker_args, samples=samples))
         summary = run.finish(max_turns=episode.max_turns)
     finally:
         run.close()
@@ -479,6 +479,26 @@ def _report(run: _Run, summary: dict, samples: list[Sample], gallery: int, predi
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"report.html was not written ({type(exc).__name__}: {exc}); results.jsonl and summary.json "
                       "are complete", RuntimeWarning, stacklevel=3)
+
+
+def execute(run: _Run, pending: Sequence, worker_cls: type, worker_args: tuple, *, workers: int = 1,
+            executor: str = "local", batch_size: int = 8, ray_address: str | None = None,
+            gpus_per_worker: float = 0.0, in_process: Callable[[], object] | None = None) -> None:
+    """Run `pending` (items with a `sample_id`) in chunks of `batch_size` through workers built as
+    `worker_cls(*worker_args)` (each has `models()`, `run(ids, emit)` and `run_collect(ids)`): in-process
+    (`in_process()` builds that worker, e.g. reusing the driver's listing), in local processes, or on Ray
+    actors; every outcome goes to `run.commit`, in the driver only."""
+    if not pending:
+        return
+    if executor == "ray":
+        _run_ray(run, pending, (worker_cls, *worker_args), workers, batch_size, ray_address, gpus_per_worker)
+    elif workers == 1:
+        worker = in_process() if in_process is not None else worker_cls(*worker_args)
+        run.set_models(worker.models())
+        for chunk in _chunks(pending, batch_size):
+            worker.run(chunk, run.commit)
+    else:
+        _run_pool(run, pending, (worker_cls, *worker_args), workers, batch_size)
 
 
 def _run_pool(run: _Run, pending: list[Sample], worker_args: tuple, workers: int, batch_size: int) -> None:
