@@ -168,3 +168,14 @@ def make_frame(name: str, max_pixels: int | None = None, min_pixels: int | None 
     if name == "norm1000":
         return NormalizedFrame()
     raise ValueError(f"unknown coordinate frame {name!r}; choose one of {', '.join(FRAMES)}")
+
+
+def frame_from_dict(d: dict) -> Frame:
+    """The frame a trajectory records (`Frame.to_dict()`), rebuilt: replaying a trajectory needs it."""
+    if d.get("name") == "qwen2.5-vl":
+        return SmartResizeFrame(min_pixels=int(d["min_pixels"]), max_pixels=int(d["max_pixels"]), factor=int(d["factor"]))
+    if d.get("name") == "norm1000":
+        return NormalizedFrame(scale=int(d.get("scale", 1000)))
+    if d.get("name") == "pixels":
+        return PixelFrame()
+    raise ValueError(f"unknown coordinate frame {d!r}; expected one of {', '.join(FRAMES)}")

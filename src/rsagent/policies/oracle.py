@@ -168,14 +168,14 @@ class OraclePolicy(Policy):
         plan.zoom_pending = True
         box = ep.to_frame_box(ep.views[0], ep.views[0].box_from_image(box))
         where = place_in((0, 0, w, h), cx, cy)
-        pct = 100 * part.mask.sum() / (h * w)
-        return format_answer(plan.narrator.zoom(where, pct, box), "zoom_in", {"box": box, "view": 0})
+        size = size_words(part.mask.sum() / (h * w))
+        return format_answer(plan.narrator.zoom(where, size, box), "zoom_in", {"box": box, "view": 0})
 
     def _segment_part(self, ep: Episode, plan: _Plan, zoomed: bool) -> str:
         part = plan.parts[plan.active]
         view = ep.views[ep.current_view] if zoomed else ep.views[0]
         part.view = view.id
-        box = ep.to_frame_box(view, self._view_box(view, self._jitter(part.box, plan.rng, ep.image_shape)))
+        box = ep.to_frame_box(view, self._view_box(view, self._part_box(ep, plan, part)))
         h, w = ep.image_shape
         cx, cy = (part.box[0] + part.box[2]) / 2, (part.box[1] + part.box[3]) / 2
         if zoomed:
@@ -204,19 +204,24 @@ class OraclePolicy(Policy):
         img_pt = view.points_to_image(np.array([point]))[0]
         where = place_in(part.box, float(img_pt[0]), float(img_pt[1]))
         region = missed if positive else spurious
-        pct = 100 * region.sum() / max(1, view.mask_from_image(part.mask).sum())
+        fraction = region.sum() / max(1, view.mask_from_image(part.mask).sum())
         say = plan.narrator.add_click if positive else plan.narrator.remove_click
         point = ep.to_frame_points(view, [point])[0]
-        think = say(cid, where, pct, point)  # type: ignore[arg-type]
+        think = say(cid, where, fraction, point)  # type: ignore[arg-type]
         return format_answer(think, "refine", {"mask_id": cid, "points": [point],
                                                "labels": [1 if positive else 0], "view": view.id})
 
     def _submit(self, ep: Episode, plan: _Plan, reason: str) -> str:
         self._score_latest(ep, plan)
-        ids = _best_union(ep, plan)
+        ids = best_union(ep, plan.done_ids + [p.best_id for p in plan.parts[plan.active:] if p.best_id is not None])
         return format_answer(plan.narrator.submit(ids, reason if ids else "absent"), "submit", {"mask_ids": ids})
 
     # --- geometry ------------------------------------------------------------------------------
+    def _part_box(self, ep: Episode, plan: _Plan, part: _Part) -> tuple[float, float, float, float]:
+        """The box (image pixels) a part is first segmented with: its tight box, jittered if configured.
+        Synthesis overrides it to open with a deliberately imperfect box."""
+        return self._jitter(part.box, plan.rng, ep.image_shape)
+
     def _jitter(self, box, rng: random.Random, shape: tuple[int, int]):
         if self.config.box_jitter <= 0:
             return box
@@ -245,11 +250,11 @@ def _part_iou(mask: np.ndarray, part: _Part) -> float:
     return iou(mask, GroundTruth(part.mask, part.dont_care))
 
 
-def _best_union(ep: Episode, plan: _Plan) -> list[int]:
-    """Greedily add each part's best candidate while it raises the IoU of the union with the target."""
+def best_union(ep: Episode, ids: Sequence[int]) -> list[int]:
+    """Greedily add candidates (in the order given) while each raises the IoU of the union with the
+    target: what the expert submits."""
     gt = ep.task.gt
     assert gt is not None
-    ids = plan.done_ids + [p.best_id for p in plan.parts[plan.active:] if p.best_id is not None and p.best_id not in plan.done_ids]
     chosen: list[int] = []
     union = np.zeros(ep.image_shape, bool)
     best = iou(union, gt)  # 0 for the empty union: a plan exists only for a non-empty target
