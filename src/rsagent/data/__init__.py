@@ -7,7 +7,7 @@ from pathlib import Path
 from rsagent.core.errors import DatasetError
 from rsagent.data.base import Sample
 
-DATASETS = ("reasonseg", "refcoco", "refcoco+", "refcocog", "coco", "manifest")
+DATASETS = ("reasonseg", "refcoco", "refcoco+", "refcocog", "coco", "manifest", "shapes", "yoloseg")
 
 
 def load_dataset(name: str, root: str | Path, split: str | None = None, *, annotations: str | Path | None = None,
@@ -34,6 +34,14 @@ def load_dataset(name: str, root: str | Path, split: str | None = None, *, annot
         from rsagent.data.manifest import load_manifest
 
         return load_manifest(root, split)
+    if name == "shapes":  # procedural: generated into root/<split>/ on first use (docs/shapes.md)
+        from rsagent.data.shapes import load_shapes
+
+        return load_shapes(root, split)
+    if name == "yoloseg":
+        from rsagent.data.yoloseg import load_yoloseg
+
+        return load_yoloseg(root, split)
     raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 

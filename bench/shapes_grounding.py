@@ -1,0 +1,229 @@
+"""Single-turn grounding on shapes: train the tiny Qwen2.5-VL from scratch to box the queried shape.
+
+    .venv/bin/python bench/shapes_grounding.py --minutes 20 --out runs/grounding [--model DIR] [--eval 600]
+
+The task is the agent's first move alone: the user turn (query first, then the 112 px scene, exactly
+as an episode's first prompt under the project's chat template) answered with one
+`segment` call holding the target's box. Training scenes are `train` seeds, with one query per
+nameable shape ("the red circle", "the small blue star", "the cross"); a curriculum starts with 2-4
+shapes per scene. Evaluation is on `test` seeds never trained on: greedy answers, box IoU with the
+target's visible box, and the picked-right rate (the shape whose box the answer overlaps most is the
+target), against two baselines computed exactly on the same samples: a random shape, and a random
+shape of the queried colour. Writes `OUT/log.jsonl`, `OUT/result.json` and the trained model folder
+`OUT/model` (loads with --policy qwen --model OUT/model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsagent.core.frames import SmartResizeFrame
+from rsagent.data.shapes import queries as Q
+from rsagent.data.shapes.generate import rng_for
+from rsagent.data.shapes.scene import SceneConfig, sample_scene
+from rsagent.env.prompt import user_text
+from rsagent.policies.chat import render_chat
+from rsagent.policies.qwen import load_processor, load_qwen_model
+from rsagent.shapes_model import build_shapes_model, describe
+
+_BOX = re.compile(r'"box": \[(\d+), (\d+), (\d+), (\d+)\]')
+
+
+def answer(box) -> str:
+    call = json.dumps({"name": "segment", "arguments": {"box": [int(v) for v in box]}})
+    return f"<tool_call>\n{call}\n</tool_call>"
+
+
+def scene_items(split: str, index: int, max_shapes: int, size: int) -> list[dict]:
+    """Every single-target attribute query of one scene: image, query, target id, all shapes' boxes."""
+    rng = rng_for(split, index)
+    scene = sample_scene(rng, SceneConfig(size=size, max_shapes=max_shapes))
+    boxes = [s.box for s in scene.shapes]
+    items = []
+    for s in scene.shapes:
+        programs = [{"op": "the", "desc": d} for d in Q._descs_of(s) if Q._clear_unique(d, s, scene.shapes)]
+        if programs:
+            program = programs[int(rng.integers(len(programs)))]
+            items.append({"image": scene.image, "query": Q.text(program), "target": s.id, "boxes": boxes,
+                          "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1]})
+    return items
+
+
+def messages(item: dict, frame: SmartResizeFrame) -> list[dict]:
+    h, w = item["image"].shape[:2]
+    shown = frame.describe(frame.display_size(w, h))
+    return [{"role": "user", "content": [{"type": "text", "text": user_text(item["query"], shown)},
+                                         {"type": "image", "image": item["image"]}]}]
+
+
+def batch_inputs(processor, items: list[dict], frame, with_answer: bool):
+    texts, prompt_lens = [], []
+    for it in items:
+        msgs = messages(it, frame)
+        prompt = render_chat(processor.tokenizer, msgs, add_generation_prompt=True)
+        if with_answer:
+            full = render_chat(processor.tokenizer, msgs + [{"role": "assistant", "content": [
+                {"type": "text", "text": answer(it["boxes"][it["target"]])}]}], add_generation_prompt=False)
+            assert full.startswith(prompt)
+            texts.append(full)
+        else:
+            texts.append(prompt)
+        prompt_lens.append(prompt)
+    inputs = processor(text=texts, images=[it["image"] for it in items], return_tensors="pt", padding=True)
+    if with_answer:  # loss on the answer only (its end marker included)
+        labels = inputs["input_ids"].clone()
+        for b, prompt in enumerate(prompt_lens):
+            n = len(processor(text=[prompt], images=[items[b]["image"]])["input_ids"][0])
+            labels[b, :n] = -100
+        labels[inputs["attention_mask"] == 0] = -100
+        inputs["labels"] = labels
+    return inputs
+
+
+def box_iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@torch.inference_mode()
+def evaluate(model, processor, items: list[dict], frame, batch: int = 32) -> dict:
+    processor.tokenizer.padding_side = "left"
+    ious, picked, parsed = [], [], 0
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        inputs = batch_inputs(processor, chunk, frame, with_answer=False)
+        out = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+        texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for it, t in zip(chunk, texts):
+            m = _BOX.search(t)
+            if m is None:
+                ious.append(0.0); picked.append(False)
+                continue
+            parsed += 1
+            box = [int(v) for v in m.groups()]
+            overlaps = [box_iou(box, b) for b in it["boxes"]]
+            ious.append(overlaps[it["target"]])
+            picked.append(max(overlaps) > 0 and int(np.argmax(overlaps)) == it["target"])
+    processor.tokenizer.padding_side = "right"
+    rand_iou = [np.mean([box_iou(b, it["boxes"][it["target"]]) for b in it["boxes"]]) for it in items]
+    rand_pick = [1 / len(it["boxes"]) for it in items]
+    col_iou, col_pick = [], []
+    for it in items:
+        same = [i for i, c in enumerate(it["colours"]) if c == it["colours"][it["target"]]]
+        col_iou.append(np.mean([box_iou(it["boxes"][i], it["boxes"][it["target"]]) for i in same]))
+        col_pick.append(1 / len(same))
+    return {"n": len(items), "parsed": parsed, "iou": _ci(ious), "picked": _ci(np.asarray(picked, float)),
+            "random_shape": {"iou": float(np.mean(rand_iou)), "picked": float(np.mean(rand_pick))},
+            "colour_only": {"iou": float(np.mean(col_iou)), "picked": float(np.mean(col_pick))},
+            "mean_shapes": float(np.mean([len(it["boxes"]) for it in items]))}
+
+
+def _ci(values) -> dict:
+    """Mean and a 95% normal interval over samples."""
+    v = np.asarray(values, float)
+    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)]}
+
+
+def eval_items(n: int, size: int, offset: int = 0) -> list[dict]:
+    items, index = [], offset
+    while len(items) < n:
+        items += _one(index, size)
+        index += 1
+    return items[:n]
+
+
+def _one(index: int, size: int) -> list[dict]:
+    """One query per test scene (a random nameable shape), so samples are independent."""
+    got = scene_items("test", 1_000_000 + index, 8, size)
+    return got[int(rng_for("test", index).integers(len(got))):][:1] if got else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", default=None, help="start from this folder (default: a fresh random model)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget (wall clock)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--curriculum", type=float, default=0.2, help="share of the budget on 2-4 shape scenes")
+    parser.add_argument("--eval", type=int, default=600, help="held-out test samples")
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.model:
+        processor = load_processor(args.model)
+        model = load_qwen_model(args.model, "cpu", torch.float32)
+    else:
+        model, processor = build_shapes_model(args.seed)
+    frame = SmartResizeFrame()
+    processor.tokenizer.padding_side = "right"
+    build_s = time.perf_counter() - t0
+    evals = eval_items(args.eval, args.size)
+    before = evaluate(model, processor, evals[:64], frame)
+    torch.manual_seed(args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    budget = args.minutes * 60
+    log = (out / "log.jsonl").open("w")
+    model.train()
+    start, step, seen, scene_index, queue = time.perf_counter(), 0, 0, 0, []
+    step_times = []
+    while (elapsed := time.perf_counter() - start) < budget:
+        frac = elapsed / budget
+        lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        max_shapes = 4 if frac < args.curriculum else 8
+        while len(queue) < args.batch:
+            queue += scene_items("train", scene_index, max_shapes, args.size)
+            scene_index += 1
+        items, queue = queue[:args.batch], queue[args.batch:]
+        ts = time.perf_counter()
+        inputs = batch_inputs(processor, items, frame, with_answer=True)
+        loss = model(**inputs).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step_times.append(time.perf_counter() - ts)
+        step += 1
+        seen += len(items)
+        if step % 25 == 0:
+            rec = {"step": step, "samples": seen, "scenes": scene_index, "seconds": round(elapsed, 1),
+                   "loss": round(loss.item(), 4), "lr": lr, "max_shapes": max_shapes,
+                   "tokens": int(inputs["attention_mask"].sum()) / len(items)}
+            log.write(json.dumps(rec) + "\n"); log.flush()
+            print(rec, flush=True)
+    train_s = time.perf_counter() - start
+    model.eval()
+    t1 = time.perf_counter()
+    after = evaluate(model, processor, evals, frame)
+    eval_s = time.perf_counter() - t1
+    model.save_pretrained(out / "model")
+    processor.save_pretrained(out / "model")
+    result = {"command": "bench/shapes_grounding.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None),
+              "model": describe(model, processor), "steps": step, "samples": seen, "train_scenes": scene_index,
+              "seconds": {"build": round(build_s, 1), "train": round(train_s, 1), "eval": round(eval_s, 1)},
+              "step_seconds_median": float(np.median(step_times)), "before_training_64": before, "after": after}
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

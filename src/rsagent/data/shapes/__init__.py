@@ -1,0 +1,85 @@
+"""The procedural `shapes` domain: scenes with scene graphs, checked queries, splits by seed (docs/shapes.md).
+
+`load_dataset("shapes", ROOT, "test")` lists `ROOT/test/`, writing it first when it is missing or
+shorter than asked (`"test:200"` asks for the first 200 samples). A split folder is a plain manifest
+(`manifest.jsonl`, `images/`, `masks/`, `scenes/`), so `--dataset manifest --root ROOT/test` and any
+other tool read the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rsagent.core.errors import DatasetError
+from rsagent.core.image import save_image, save_mask
+from rsagent.data.base import Sample
+from rsagent.data.shapes.generate import DEFAULT_SIZES, SPLITS, ShapesConfig, ShapesSample, generate
+
+INFO = "shapes.json"
+DEFAULT_ROOT = Path(os.environ.get("RSAGENT_SHAPES_ROOT", Path.home() / ".cache" / "rsagent" / "shapes"))
+
+__all__ = ["DEFAULT_ROOT", "SPLITS", "ShapesConfig", "ShapesSample", "generate", "load_shapes", "parse_split",
+           "write_split"]
+
+
+def parse_split(split: str | None) -> tuple[str, int]:
+    """"test" -> ("test", its default size); "train:20000" -> ("train", 20000)."""
+    name, _, count = (split or "test").partition(":")
+    if name not in SPLITS:
+        raise DatasetError(f"unknown shapes split {name!r}; splits: {', '.join(SPLITS)} (optionally SPLIT:N)")
+    try:
+        n = int(count) if count else DEFAULT_SIZES[name]
+    except ValueError:
+        raise DatasetError(f"shapes split {split!r}: the count after ':' must be an integer") from None
+    if n < 1:
+        raise DatasetError(f"shapes split {split!r}: the count must be at least 1")
+    return name, n
+
+
+def write_split(out: str | Path, split: str, n: int, config: ShapesConfig = ShapesConfig()) -> Path:
+    """Write samples 0..n-1 of `split` to `out` in the manifest layout (atomically: a reader never sees half)."""
+    out = Path(out)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown shapes split {split!r}; splits: {', '.join(SPLITS)}")
+    if out.exists() and any(out.iterdir()) and not (out / INFO).is_file():
+        raise DatasetError(f"{out}: the folder exists and is not a shapes split; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for sub in ("images", "masks", "scenes"):
+            (tmp / sub).mkdir()
+        lines = []
+        for index in range(n):
+            s = generate(split, index, config)
+            save_image(tmp / "images" / f"{s.sample_id}.png", s.scene.image)
+            save_mask(tmp / "masks" / f"{s.sample_id}.png", s.mask)
+            (tmp / "scenes" / f"{s.sample_id}.json").write_text(json.dumps(s.scene.graph()))
+            lines.append(json.dumps({**s.record(), "image": f"images/{s.sample_id}.png",
+                                     "mask": f"masks/{s.sample_id}.png", "scene": f"scenes/{s.sample_id}.json"}))
+        (tmp / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+        (tmp / INFO).write_text(json.dumps({"split": split, "n": n, "config": config.to_dict()}, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_shapes(root: str | Path | None, split: str | None = None) -> list[Sample]:
+    """The first N samples of a split under `root` (default: DEFAULT_ROOT), generated when not yet written."""
+    from rsagent.data.manifest import load_manifest
+
+    name, n = parse_split(split)
+    folder = Path(root if root is not None else DEFAULT_ROOT) / name
+    info = folder / INFO
+    have = json.loads(info.read_text())["n"] if info.is_file() else 0
+    if have < n:
+        config = ShapesConfig.from_dict(json.loads(info.read_text())["config"]) if info.is_file() else ShapesConfig()
+        write_split(folder, name, n, config)
+    return load_manifest(folder)[:n]

@@ -1,0 +1,168 @@
+"""A CPU-sized Qwen2.5-VL for the shapes domain: the real architecture, a tokenizer trained on the domain's text.
+
+    rsagent shapes model --out DIR [--seed 0]       (random initialisation; loads with --policy qwen --model DIR)
+
+The tokenizer is a byte-level BPE (every byte is in the alphabet, so any text encodes) trained on what
+an episode on shapes contains: the system prompt with the tools, user turns, queries, the oracle's
+reasoning and calls, and the observations. Integers 0..399 are single tokens (coordinates in one
+token each), and Qwen2.5-VL's 22 added tokens keep their names, in Qwen's order, right after the
+learned vocabulary; the config's image/vision token ids point at them.
+
+Choices for CPU training (docs/shapes.md has the measurements): scenes of 112 px are shown as 8x8
+patches of 14 px, merged 2x2 into 16 visual tokens; text rope_theta 10, so that the 4x4 grid of
+visual positions (mrope's height and width sections) actually rotates a 32-wide head.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from rsagent.core.errors import RsagentError
+
+VOCAB_SIZE = 2048  # learned tokens (bytes + merges), before Qwen2.5-VL's added tokens
+NUMBERS = 400  # 0..NUMBERS-1 are single tokens
+# Qwen2's pre-tokenizer with whole numbers of up to 3 digits (Qwen splits digits one by one)
+_PRETOKEN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SCENE_SIZE = 112
+MAX_PIXELS = SCENE_SIZE * SCENE_SIZE  # 64 patches: views are shown at 112x112 at most
+
+
+def corpus(n_samples: int = 300, n_episodes: int = 40, seed: int = 0) -> list[str]:
+    """Domain text: prompts, queries, oracle answers and observations on `train` scenes."""
+    import numpy as np
+
+    from rsagent.core.frames import SmartResizeFrame
+    from rsagent.data.shapes.generate import generate
+    from rsagent.env.episode import Episode, EpisodeConfig, EpisodeTask
+    from rsagent.core.mask import GroundTruth
+    from rsagent.policies.oracle import OracleConfig, OraclePolicy
+    from rsagent.runner import run_episodes
+    from rsagent.segmenters import make_segmenter
+
+    frame = SmartResizeFrame(max_pixels=MAX_PIXELS)
+    texts: list[str] = ["You are a helpful assistant."]
+    tasks = []
+    for i in range(n_samples):
+        s = generate("train", 10_000_000 + seed * 100_000 + i)
+        ep = Episode(EpisodeTask(s.scene.image, s.query, s.sample_id, GroundTruth(s.mask)), _NullSegmenter(),
+                     EpisodeConfig(max_turns=(2, 4, 8)[i % 3]), frame)
+        texts += [ep.system_prompt, ep.user_text, s.query]
+        if i < n_episodes:
+            tasks.append(EpisodeTask(s.scene.image, s.query, s.sample_id, GroundTruth(s.mask)))
+    policy = OraclePolicy(OracleConfig(seed=seed))
+    policy.frame = frame
+    trajs = run_episodes(policy, make_segmenter("grabcut"), tasks, EpisodeConfig(max_turns=8), progress=False)
+    for traj in trajs:
+        for turn in traj.turns:
+            texts += [turn.assistant, turn.observation.text]
+    rng = random.Random(seed)
+    numbers = [str(v) for v in range(NUMBERS) for _ in range(3)]
+    rng.shuffle(numbers)
+    texts.append(" ".join(numbers))
+    del np
+    return texts
+
+
+class _NullSegmenter:
+    """Building an Episode only to read its prompts needs no segmenter."""
+
+    identifier = "none"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
+    """A transformers tokenizer: byte-level BPE on `texts`, then Qwen2.5-VL's added tokens in order."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from rsagent.policies.qwen_random import ADDED_TOKENS, N_SPECIAL
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_PRETOKEN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    # every number below NUMBERS is its own token: the learned merges would leave some split
+    numbers = [str(v) for v in range(NUMBERS)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(numbers), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    bpe.train_from_iterator(texts, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    # ordinary (non-special) added tokens, matched in the raw text before BPE: every number below NUMBERS
+    # with and without its leading space (both, or an unspaced match would split off the space), and the
+    # system prompt's fixed blocks (a compact rendering of the same tools that inference, SFT and RL
+    # share because they share this tokenizer)
+    forms = [f for n in numbers for f in (" " + n, n)]
+    tok.add_tokens([AddedToken(f, normalized=False) for f in forms + list(prompt_blocks())])
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ADDED_TOKENS[:N_SPECIAL]],
+                   special_tokens=True)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS[N_SPECIAL:]])
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    return tok
+
+
+def prompt_blocks() -> tuple[str, ...]:
+    """The system prompt's fixed parts (task rules for Qwen's pixel frame, the Hermes tools block): one token each."""
+    from rsagent.core.frames import SmartResizeFrame
+    from rsagent.env.prompt import system_prompt, task_prompt
+    from rsagent.env.tools import TOOLS
+
+    rules = task_prompt(8, SmartResizeFrame().rule).rsplit("\nYou have at most", 1)[0]
+    tools = system_prompt(list(TOOLS.values()), 8, SmartResizeFrame().rule).split("\n\n# Tools", 1)[1]
+    return rules, "# Tools" + tools
+
+
+def shapes_model_config(tokenizer, rope_theta: float = 10.0):
+    """Qwen2.5-VL at CPU size: 4 text layers of width 128 (heads of 32), a 4-block vision tower of width 128."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    vocab = len(tokenizer)
+    return Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
+                         tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, out_hidden_size=128,
+                           fullatt_block_indexes=[1, 3], window_size=112, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2),
+        **ids)
+
+
+def build_shapes_model(seed: int = 0, texts: list[str] | None = None):
+    """(model, processor): random weights, the domain tokenizer, the project's chat template."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from rsagent.policies.qwen import make_processor
+
+    tokenizer = train_tokenizer(texts if texts is not None else corpus(seed=seed))
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(shapes_model_config(tokenizer)).eval()
+    processor = make_processor(tokenizer, max_pixels=MAX_PIXELS)
+    return model, processor
+
+
+def save_shapes_model(out: str | Path, seed: int = 0) -> dict:
+    """Write the random model, tokenizer, image processor and template to `out`; returns its description."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RsagentError(f"{out}: the folder is not empty; choose a new --out")
+    model, processor = build_shapes_model(seed)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    info = describe(model, processor)
+    (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed}, indent=1) + "\n")
+    return info
+
+
+def describe(model, processor) -> dict:
+    n = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    return {"parameters": n, "vision_parameters": vision, "vocab": len(processor.tokenizer),
+            "scene_size": SCENE_SIZE, "max_pixels": MAX_PIXELS, "rope": model.config.text_config.rope_parameters}

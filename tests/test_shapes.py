@@ -1,0 +1,162 @@
+"""The shapes domain: scenes, queries resolved from the scene graph, splits, the manifest layout, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rsagent.cli import main
+from rsagent.core.errors import DatasetError
+from rsagent.core.image import load_mask
+from rsagent.core.mask import decode_rle
+from rsagent.data import load_dataset
+from rsagent.data.shapes import parse_split, write_split
+from rsagent.data.shapes import queries as Q
+from rsagent.data.shapes.generate import HELD_OUT_PAIRS, HELD_OUT_RELATIONS, SPLITS, generate
+from rsagent.data.shapes.scene import COLOURS, KINDS, MIN_PIXELS, plural
+
+
+def test_the_domain_has_the_kinds_and_colours_asked_for():
+    assert len(KINDS) >= 8 and {"ring", "star", "cross"} <= set(KINDS)
+    assert len(COLOURS) >= 7
+
+
+def test_a_sample_depends_on_its_split_and_index_only():
+    a, b = generate("val", 17), generate("val", 17)
+    assert a.query == b.query and a.targets == b.targets
+    assert np.array_equal(a.scene.image, b.scene.image)
+    assert not np.array_equal(a.scene.image, generate("test", 17).scene.image)
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_every_query_resolves_from_its_text_to_exactly_its_targets(split):
+    kinds = set()
+    for index in range(5000, 5060):
+        s = generate(split, index)
+        kinds.add(s.kind)
+        program = Q.parse(s.query)
+        assert Q.text(program) == s.query
+        assert Q.resolve(program, s.scene) == s.targets, (split, index, s.query)
+        assert (s.kind == "absent") == (not s.targets)
+        union = np.zeros_like(s.mask)
+        for i in s.targets:
+            union |= s.scene.shapes[i].mask
+        assert np.array_equal(union, s.mask) and (s.mask.any() == bool(s.targets))
+    assert len(kinds) >= 6
+
+
+def _independent(query: str, graph: dict) -> list[int] | None:
+    """Target ids of the simple query forms, read from the JSON scene graph alone (None: another form)."""
+    shapes = graph["shapes"]
+    names = {k: k for k in KINDS} | {plural(k): k for k in KINDS}
+    words = query.split()
+    if words[:2] == ["all", "the"] and len(words) in (3, 4):
+        colour = words[2] if len(words) == 4 or words[2] in COLOURS else None
+        kind = names.get(words[-1])
+        return [s["id"] for s in shapes if (colour is None or s["colour"] == colour)
+                and (kind is None or s["kind"] == kind)]
+    if words[0] == "the" and len(words) == 3 and words[1] in COLOURS and words[2] in KINDS:
+        return [s["id"] for s in shapes if s["colour"] == words[1] and s["kind"] == words[2]]
+    if query == "the shape that could roll":
+        return [s["id"] for s in shapes if s["kind"] in ("circle", "ring")]
+    if query == "the shape whose colour appears nowhere else":
+        colours = [s["colour"] for s in shapes]
+        return [s["id"] for s in shapes if colours.count(s["colour"]) == 1]
+    if query == "the largest shape":
+        best = max(s["full_area"] for s in shapes)
+        return [s["id"] for s in shapes if s["full_area"] == best]
+    if words[0] == "the" and words[-3:] == ["from", "the", "left"] and words[1] == "first" and words[2] == "shape":
+        centres = [(s["box"][0] + s["box"][2]) / 2 for s in shapes]
+        return [shapes[int(np.argmin(centres))]["id"]]
+    return None
+
+
+def test_simple_queries_agree_with_an_independent_reading_of_the_scene_graph():
+    checked = 0
+    for index in range(120):
+        s = generate("test", index)
+        graph = json.loads(json.dumps(s.scene.graph()))
+        expected = _independent(s.query, graph)
+        if expected is not None:
+            assert sorted(expected) == s.targets, s.query
+            checked += 1
+        # the graph's RLE masks are the scene's exact visible masks, disjoint, each big enough
+        masks = [decode_rle(sh["mask"]).astype(bool) for sh in graph["shapes"]]
+        assert sum(m.sum() for m in masks) == np.logical_or.reduce(masks).sum()
+        assert all(m.sum() >= MIN_PIXELS for m in masks)
+        for front, hidden in graph["occludes"]:
+            assert front > hidden  # later in z is in front
+    assert checked >= 30
+
+
+def test_held_out_combinations_never_reach_train_and_fill_test_novel():
+    for index in range(150):
+        s = generate("train", 100_000 + index)
+        assert not any((sh.colour, sh.kind) in HELD_OUT_PAIRS for sh in s.scene.shapes)
+        assert not any(f" {rel} the " in s.query for rel in HELD_OUT_RELATIONS)
+        assert not any(f"{c} {k}" in s.query for c, k in HELD_OUT_PAIRS)
+        assert not s.novel
+    for index in range(40):
+        s = generate("test-novel", index)
+        assert s.novel
+        shown = {f"pair:{sh.colour} {sh.kind}" for i, sh in enumerate(s.scene.shapes) if i in s.targets}
+        named = {f"pair:{c} {k}" for c, k in HELD_OUT_PAIRS if f"{c} {k}" in s.query}
+        relation = {f"relation:{r}" for r in HELD_OUT_RELATIONS if f" {r} the " in s.query}
+        assert set(s.novel) <= shown | named | relation and set(s.novel) & (shown | named | relation)
+
+
+def test_split_names_and_counts():
+    assert parse_split("train:20000") == ("train", 20000)
+    assert parse_split("test")[0] == "test"
+    with pytest.raises(DatasetError, match="unknown shapes split"):
+        parse_split("dev")
+    with pytest.raises(DatasetError, match="integer"):
+        parse_split("test:many")
+
+
+def test_a_written_split_loads_as_shapes_and_as_a_manifest_with_the_same_ground_truth(tmp_path):
+    write_split(tmp_path / "test", "test", 6)
+    shapes = load_dataset("shapes", tmp_path, "test:6")
+    manifest = load_dataset("manifest", tmp_path / "test")
+    assert [s.sample_id for s in shapes] == [s.sample_id for s in manifest] == [f"test-{i:06d}" for i in range(6)]
+    for a, b in zip(shapes, manifest):
+        image, gt = a.load()
+        _, gt2 = b.load()
+        s = generate("test", int(a.sample_id.split("-")[1]))
+        assert a.query == s.query and a.meta["kind"] == s.kind
+        assert np.array_equal(image, s.scene.image) and np.array_equal(gt.mask, s.mask)
+        assert np.array_equal(gt.mask, gt2.mask)
+        graph = json.loads((tmp_path / "test" / a.meta["scene"]).read_text())
+        assert np.array_equal(np.logical_or.reduce([decode_rle(graph["shapes"][i]["mask"]).astype(bool)
+                                                    for i in a.meta["targets"]] or [np.zeros_like(s.mask)]), s.mask)
+    # a longer request regenerates; the first samples stay the same
+    longer = load_dataset("shapes", tmp_path, "test:8")
+    assert [x.query for x in longer[:6]] == [x.query for x in shapes]
+
+
+def test_cli_make_then_score_the_ground_truth_and_eval_the_oracle(tmp_path, capsys):
+    out = tmp_path / "test"
+    assert main(["shapes", "make", "--split", "test", "--n", "5", "--out", str(out)]) == 0
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        (preds / f"{rec['sample_id']}.png").write_bytes((out / rec["mask"]).read_bytes())
+    assert main(["score", "--dataset", "manifest", "--root", str(out), "--predictions", str(preds),
+                 "--out", str(tmp_path / "score"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "score" / "summary.json").read_text())
+    assert summary["n"] == 5 and summary["gIoU"] == 1.0
+    assert main(["eval", "--dataset", "shapes", "--root", str(tmp_path), "--split", "test:5", "--policy", "oracle",
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n"] == 5 and summary["failed"] == 0 and summary["gIoU"] > 0.7
+    assert load_mask(out / "masks" / "test-000000.png").shape == (112, 112)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["shapes", "make", "--split", "dev", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown shapes split" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "manifest", "--policy", "oracle", "--out", str(tmp_path / "e")]) == 2
+    assert "needs --root" in capsys.readouterr().err
