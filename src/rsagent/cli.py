@@ -44,7 +44,52 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_args(sc)
     sc.add_argument("--predictions", required=True, metavar="PRED",
                     help="folder of <sample_id>.png masks (non-zero = foreground, the image's size)")
+    _add_shapes_parser(sub)
     return parser
+
+
+def _add_shapes_parser(sub) -> None:
+    shp = sub.add_parser("shapes", help="the procedural shapes domain: write a split, build the CPU-sized model")
+    actions = shp.add_subparsers(dest="action", required=True)
+    make = actions.add_parser("make", help="write a split in the manifest layout (images, masks, scenes, manifest.jsonl)")
+    make.add_argument("--split", default="test", help="train, val, test or test-novel (default test)")
+    make.add_argument("--n", type=int, default=None, help="samples 0..N-1 of the split (default: the split's size)")
+    make.add_argument("--size", type=int, default=112, help="pixels a side, 112..224 (default 112)")
+    make.add_argument("--out", required=True, help="folder to write")
+    model = actions.add_parser("model", help="a random tiny Qwen2.5-VL with a tokenizer trained on the domain's text")
+    model.add_argument("--out", required=True, help="folder to write (loads with --policy qwen --model DIR)")
+    model.add_argument("--seed", type=int, default=0)
+
+
+def _shapes(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    if args.action == "model":
+        from rsagent.shapes_model import save_shapes_model
+
+        info = save_shapes_model(args.out, args.seed)
+        print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
+        return 0
+    from rsagent.data.shapes import ShapesConfig, parse_split, write_split
+
+    if not 112 <= args.size <= 224:
+        raise RsagentError(f"--size must be within 112..224, got {args.size}")
+    name, n = parse_split(args.split if args.n is None else f"{args.split}:{args.n}")
+    config = ShapesConfig(scene=dataclasses.replace(ShapesConfig().scene, size=args.size))
+    out = write_split(args.out, name, n, config)
+    print(f"split={name} n={n} size={args.size} out={out}")
+    return 0
+
+
+def _default_root(args: argparse.Namespace) -> None:
+    """--root may be left out for the procedural shapes dataset only."""
+    if getattr(args, "dataset", None) is None or args.root is not None:
+        return
+    if args.dataset != "shapes":
+        raise RsagentError(f"--dataset {args.dataset} needs --root PATH")
+    from rsagent.data.shapes import DEFAULT_ROOT
+
+    args.root = str(DEFAULT_ROOT)
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +98,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("dataset and scoring")
     group.add_argument("--dataset", required=True, choices=DATASETS)
-    group.add_argument("--root", required=True, help="dataset root (manifest: the JSONL file or its folder)")
+    group.add_argument("--root", default=None, help="dataset root (manifest: the JSONL file or its folder; "
+                       "shapes: where splits are generated, default ~/.cache/rsagent/shapes)")
     group.add_argument("--split", default=None, help="split (default: the dataset's own; manifest: every line)")
     group.add_argument("--annotations", default=None, help="coco: instances json (default: under --root)")
     group.add_argument("--queries", default=None, help="coco: queries JSONL (default: under --root)")
@@ -135,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(raw)
     try:
+        _default_root(args)
         if args.command == "segment":
             return _segment(args)
         if args.command == "eval":
             return _eval(args, ["rsagent", *raw])
         if args.command == "score":
             return _score(args, ["rsagent", *raw])
+        if args.command == "shapes":
+            return _shapes(args)
     except RsagentError as exc:
         print(f"rsagent: error: {exc}", file=sys.stderr)
         return 2
