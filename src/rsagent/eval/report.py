@@ -27,7 +27,7 @@ THUMB_SIDE = 384
 TURN_SIDE = 640
 MAX_TABLE_ROWS = 5000
 
-_STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:14px} td,th{padding:3px 10px;text-align:left;border-bottom:1px solid #eee}
 th{background:#f4f4f4} th.sort{cursor:pointer} .num{text-align:right;font-variant-numeric:tabular-nums}
@@ -68,7 +68,7 @@ def _url(*parts: str) -> str:
     return "/".join(quote(p) for p in parts)
 
 
-def _fmt(value, digits: int = 4) -> str:
+def fmt(value, digits: int = 4) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -76,7 +76,7 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def _shrink(image: np.ndarray, masks: list[np.ndarray], side: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def shrink(image: np.ndarray, masks: list[np.ndarray], side: int) -> tuple[np.ndarray, list[np.ndarray]]:
     h, w = image.shape[:2]
     scale = side / max(h, w)
     if scale >= 1:
@@ -89,7 +89,7 @@ def _shrink(image: np.ndarray, masks: list[np.ndarray], side: int) -> tuple[np.n
 def _thumbnail(image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     from rsagent.env.render import render_overlay
 
-    small, (p, g) = _shrink(image, [pred, gt], THUMB_SIDE)
+    small, (p, g) = shrink(image, [pred, gt], THUMB_SIDE)
     out = render_overlay(small, [(1, p)] if p.any() else [])
     if g.any():
         contours, _ = cv2.findContours(g.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -128,26 +128,32 @@ def _line_plot(values: list[float], active: list[int] | None) -> str:
     return "".join(parts)
 
 
-def _histogram(values: list[float], bins: int = 10) -> str:
-    """Distribution of per-sample IoU over [0, 1], as inline SVG bars."""
+def bin_counts(values: list[float], bins: int = 10) -> list[int]:
+    """How many values fall in each of `bins` equal bins over [0, 1] (1.0 in the last)."""
     counts = [0] * bins
     for v in values:
         counts[min(bins - 1, max(0, math.floor(v * bins)))] += 1
+    return counts
+
+
+def histogram_svg(counts: list[int], what: str = "IoU", xlabel: str = "per-sample IoU", unit: str = "samples") -> str:
+    """Counts of equal bins over [0, 1] (see `bin_counts`), as inline SVG bars."""
+    bins = len(counts)
     w, h, left, bottom, top = 520, 200, 44, 30, 10
     pw, ph = w - left - 16, h - top - bottom
     peak = max(counts) or 1
     bw = pw / bins
     parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' role='img' "
-              "aria-label='distribution of per-sample IoU'>")]
+              f"aria-label='distribution of {escape(xlabel)}'>")]
     for i, c in enumerate(counts):
         bh = ph * c / peak
         x, y = left + i * bw, top + ph - bh
         parts.append(f"<rect x='{x + 1:.1f}' y='{y:.1f}' width='{bw - 2:.1f}' height='{bh:.1f}' fill='#7fa3e8'>"
-                     f"<title>IoU {i / bins:.1f}-{(i + 1) / bins:.1f}: {c} samples</title></rect>")
+                     f"<title>{escape(what)} {i / bins:.1f}-{(i + 1) / bins:.1f}: {c} {escape(unit)}</title></rect>")
         parts.append(f"<text x='{x + bw / 2:.1f}' y='{top + ph - bh - 3:.1f}' text-anchor='middle'>{c}</text>")
     for i in range(0, bins + 1, 2):
         parts.append(f"<text x='{left + i * bw:.1f}' y='{h - bottom + 16}' text-anchor='middle'>{i / bins:.1f}</text>")
-    parts.append(f"<text x='{left + pw / 2:.1f}' y='{h - 2}' text-anchor='middle'>per-sample IoU</text></svg>")
+    parts.append(f"<text x='{left + pw / 2:.1f}' y='{h - 2}' text-anchor='middle'>{escape(xlabel)}</text></svg>")
     return "".join(parts)
 
 
@@ -175,7 +181,7 @@ def _turn_page(out: Path, name: str, traj_path: Path, image: np.ndarray) -> str 
     folder = out / "pages" / name
     names = []
     for index, picture in enumerate(turn_overlays(traj, image), start=1):
-        small, _ = _shrink(picture, [], TURN_SIDE)
+        small, _ = shrink(picture, [], TURN_SIDE)
         names.append(f"turn_{index:02d}.jpg")
         save_image(folder / names[-1], small)
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +234,7 @@ def _card(out: Path, rec: dict, sample: Sample | None, predictions: Path | None)
             f"{error}<div>{' · '.join(links)}</div></div>")
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
+def html_table(rows: list[tuple[str, str]]) -> str:
     body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
     return f"<table class='big'>{body}</table>"
 
@@ -241,8 +247,8 @@ def report_html(summary: dict, records: list[dict], gallery_html: str) -> str:
     git = rep.get("git") or {}
     run = summary.get("run") or {}
     title = f"rsagent {summary['kind']}: {ds.get('name')} {ds.get('split') or ''}".strip()
-    rows = [("samples (n)", _fmt(summary["n"])), ("gIoU", f"<b>{_fmt(summary['gIoU'])}</b>"),
-            ("cIoU", f"<b>{_fmt(summary['cIoU'])}</b>"),
+    rows = [("samples (n)", fmt(summary["n"])), ("gIoU", f"<b>{fmt(summary['gIoU'])}</b>"),
+            ("cIoU", f"<b>{fmt(summary['cIoU'])}</b>"),
             ("failed", f"{summary['failed']}" + (f" <span class='muted'>({escape(json.dumps(summary['status']))})</span>"
                                                  if summary["failed"] else "")),
             ("protocol", escape(summary["protocol"]["name"]) + f" <span class='muted'>{escape(summary['protocol']['description'])}</span>"),
@@ -254,20 +260,20 @@ def report_html(summary: dict, records: list[dict], gallery_html: str) -> str:
     else:
         rows += [("policy", escape(str(models.get("policy")))), ("segmenter", escape(str(models.get("segmenter")))),
                  ("turn budget", escape(str((cfg.get("episode") or {}).get("max_turns")))),
-                 ("turns used (mean)", _fmt(summary["turns"]["mean"], 2)),
+                 ("turns used (mean)", fmt(summary["turns"]["mean"], 2)),
                  ("invalid calls", (f"{summary['tools']['invalid']} of {summary['tools']['total_turns']} turns "
                                    f"({100 * summary['tools']['invalid_rate']:.1f}%)")),
                  ("end reasons", escape(", ".join(f"{k} {v}" for k, v in summary["end_reasons"].items())))]
     sps = run.get("seconds_per_sample") or {}
-    rows += [("seconds per sample", f"{_fmt(sps.get('mean'), 3)} mean, {_fmt(sps.get('median'), 3)} median"),
+    rows += [("seconds per sample", f"{fmt(sps.get('mean'), 3)} mean, {fmt(sps.get('median'), 3)} median"),
              ("executor", escape(f"{run.get('executor')} × {run.get('workers')}")),
              ("git", escape(f"{git.get('revision')}{' (dirty)' if git.get('dirty') else ''}" if git else "not a checkout")),
              ("versions", escape(", ".join(f"{k} {v}" for k, v in (rep.get("versions") or {}).items()))),
              ("command", f"<code>{escape(' '.join(run.get('argv') or []))}</code>")]
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='icon' href='data:,'>",
-             f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>{escape(title)}</h1>", _table(rows),
+             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>{escape(title)}</h1>", html_table(rows),
              ("<p class='muted'>Full numbers: <a href='summary.json'>summary.json</a> · per sample: "
              "<a href='results.jsonl'>results.jsonl</a></p>")]
     if summary.get("per_turn"):
@@ -285,7 +291,7 @@ def report_html(summary: dict, records: list[dict], gallery_html: str) -> str:
                   f"<tr><td>invalid</td><td class='num'>{tools['invalid']}</td><td class='num'>"
                   f"{tools['invalid'] / max(1, summary['n']):.2f}</td></tr></table>"),
                   f"<table><tr><th>turns used</th><th>samples</th></tr>{hist}</table></div>"]
-    parts += ["<h2>Per-sample IoU</h2>", _histogram([float(r["IoU"]) for r in records])]
+    parts += ["<h2>Per-sample IoU</h2>", histogram_svg(bin_counts([float(r["IoU"]) for r in records]))]
     if gallery_html:
         parts += [("<h2>Gallery</h2><p class='legend muted'>Prediction<span style='background:rgb(255,64,64)'></span>"
                   "filled · ground truth<span style='background:rgb(40,230,90)'></span>outlined "
@@ -294,7 +300,7 @@ def report_html(summary: dict, records: list[dict], gallery_html: str) -> str:
     if ranked and len(ranked) <= MAX_TABLE_ROWS:
         body = "".join(
             f"<tr><td>{escape(r['sample_id'])}</td><td class='num' data-v='{float(r['IoU']):.6f}'>{float(r['IoU']):.4f}</td>"
-            f"<td class='num'>{r['I']}</td><td class='num'>{r['U']}</td><td class='num'>{_fmt(r.get('turns'))}</td>"
+            f"<td class='num'>{r['I']}</td><td class='num'>{r['U']}</td><td class='num'>{fmt(r.get('turns'))}</td>"
             f"<td>{escape(r['status'])}</td><td>{escape((r.get('query') or '')[:120])}</td></tr>" for r in ranked)
         parts += [("<h2>All samples</h2><p class='muted'>Click a column to sort.</p><table id='samples'><thead><tr>"
                   "<th>sample</th><th>IoU</th><th>I</th><th>U</th><th>turns</th><th>status</th><th>query</th>"
