@@ -21,7 +21,7 @@ from rsagent.policies.oracle import OraclePolicy
 from rsagent.segmenters import make_segmenter
 from rsagent.synth.expert import ExpertPolicy, Opening, elsewhere_box
 from rsagent.synth.export import (EXPORT_FILES, IMAGE_TOKEN, ImageStore, dataset_info, sft_record, sharegpt_record,
-                                  training_messages, trajectory_images, write_exports)
+                                  export_rows, training_messages, trajectory_images, write_exports)
 from rsagent.synth.stats import build_stats, write_stats_html
 
 SMALL = "000000000064-2"  # the stop sign: the oracle zooms in first
@@ -91,10 +91,17 @@ def entries(episodes, trajs):
     ]
 
 
+def _write(out: Path, entries) -> dict:
+    """What synthesis does: export rows per item (pictures stored), then the files in item order."""
+    store = ImageStore(out)
+    counts = write_exports(out, [(rec, export_rows(rec, traj, image, gt, store)) for rec, traj, image, gt in entries])
+    return {**counts, "images": len(store.names)}
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, entries) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("export")
-    return out, write_exports(out, entries)
+    return out, _write(out, entries)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +254,7 @@ def test_rl_prompts_hold_the_ground_truth(exported, entries):
 
 def test_exports_are_byte_deterministic(exported, entries, tmp_path):
     first, _ = exported
-    write_exports(tmp_path, entries)
+    _write(tmp_path, entries)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert {str(f) for f in files} >= set(EXPORT_FILES)

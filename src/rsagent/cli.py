@@ -44,8 +44,60 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_args(sc)
     sc.add_argument("--predictions", required=True, metavar="PRED",
                     help="folder of <sample_id>.png masks (non-zero = foreground, the image's size)")
+    _add_synth_parser(sub)
     _add_shapes_parser(sub)
     return parser
+
+
+def _add_synth_parser(sub) -> None:
+    from rsagent.synth.expert import DEFAULT_MIX
+
+    syn = sub.add_parser("synth", help="synthesize expert trajectories (queries, recovery from mistakes, filters) "
+                         "and export them for SFT (TRL, LLaMA-Factory) and RL")
+    group = syn.add_argument_group("source")
+    _add_dataset_args(group)
+    group.add_argument("--out", required=True, help="output folder: results, trajectories, images, exports, stats")
+    group.add_argument("--num", type=int, default=None, help="items (image, query, opening) to run (default: all)")
+    group.add_argument("--seed", type=int, default=0, help="queries, openings and wording (default 0)")
+    group.add_argument("--resume", action="store_true", help="finish the run already in --out")
+    group.add_argument("--gallery", type=int, default=24, help="accepted trajectories pictured in stats.html (default 24)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = syn.add_argument_group("episodes and filters")
+    group.add_argument("--max-turns", type=int, default=8, help="turn budget per episode (default 8)")
+    group.add_argument("--frame", default="qwen2.5-vl", choices=("qwen2.5-vl", "norm1000", "pixels"),
+                       help="coordinates and image sizes of the policy to train (default qwen2.5-vl)")
+    group.add_argument("--max-pixels", type=int, default=None,
+                       help="qwen2.5-vl: pixels per image shown (default 1003520); use the value you will train with")
+    group.add_argument("--min-iou", type=float, default=None,
+                       help="keep trajectories whose final IoU reaches this (default: grabcut 0.7, sam2 0.85)")
+    group.add_argument("--openings", default=",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()),
+                       help="mix of first moves, kind=weight,... (default %(default)s)")
+    group.add_argument("--absent-rate", type=float, default=None, help="share of 'absent' queries (default 0.05)")
+    group.add_argument("--per-target", type=int, default=None, help="queries written per target instance (default 2)")
+    group = syn.add_argument_group("teacher (any OpenAI-compatible server)")
+    group.add_argument("--teacher-base-url", default=None, help="e.g. http://localhost:8000/v1")
+    group.add_argument("--teacher-model", default=None, help="the model name the server serves")
+    group.add_argument("--teacher-api-key-env", default="OPENAI_API_KEY", help="variable holding the key")
+    group.add_argument("--teacher-queries", type=int, default=0,
+                       help="queries per image the teacher writes (instance sources; default 0)")
+    group.add_argument("--rewrite", action="store_true", help="the teacher rewrites each turn's reasoning")
+    group = syn.add_argument_group("execution")
+    group.add_argument("--workers", type=int, default=1, help="parallel worker processes or Ray actors (default 1)")
+    group.add_argument("--executor", default="local", choices=("local", "ray"))
+    group.add_argument("--batch-size", type=int, default=8, help="episodes per chunk (default 8)")
+    group.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    add_segmenter_args(syn)
+
+
+def _add_dataset_args(group) -> None:
+    from rsagent.data import DATASETS
+
+    group.add_argument("--dataset", required=True, choices=DATASETS)
+    group.add_argument("--root", default=None, help="dataset root (manifest: the JSONL file or its folder; "
+                       "shapes: where splits are generated, default ~/.cache/rsagent/shapes)")
+    group.add_argument("--split", default=None, help="split (default: the dataset's own; manifest: every line)")
+    group.add_argument("--annotations", default=None, help="coco: instances json (default: under --root)")
+    group.add_argument("--queries", default=None, help="coco: queries JSONL (default: under --root)")
 
 
 def _add_shapes_parser(sub) -> None:
@@ -93,16 +145,10 @@ def _default_root(args: argparse.Namespace) -> None:
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
-    from rsagent.data import DATASETS
     from rsagent.eval.metrics import PROTOCOLS
 
     group = parser.add_argument_group("dataset and scoring")
-    group.add_argument("--dataset", required=True, choices=DATASETS)
-    group.add_argument("--root", default=None, help="dataset root (manifest: the JSONL file or its folder; "
-                       "shapes: where splits are generated, default ~/.cache/rsagent/shapes)")
-    group.add_argument("--split", default=None, help="split (default: the dataset's own; manifest: every line)")
-    group.add_argument("--annotations", default=None, help="coco: instances json (default: under --root)")
-    group.add_argument("--queries", default=None, help="coco: queries JSONL (default: under --root)")
+    _add_dataset_args(group)
     group.add_argument("--limit", type=int, default=None, help="only the first N samples, in the loader's order")
     group.add_argument("--protocol", default="lisa", choices=tuple(PROTOCOLS),
                        help="scoring convention (default lisa; see docs/evaluation.md)")
@@ -177,6 +223,53 @@ def _score(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, weight = part.partition("=")
+        try:
+            mix[kind.strip()] = float(weight)
+        except ValueError:
+            raise RsagentError(f"--openings: {part!r} is not kind=weight") from None
+    return mix
+
+
+def _synth(args: argparse.Namespace, argv: list[str]) -> int:
+    from functools import partial
+
+    from rsagent.core.frames import make_frame
+    from rsagent.eval.run import DatasetSpec
+    from rsagent.segmenters import make_segmenter
+    from rsagent.synth.filters import FilterConfig
+    from rsagent.synth.queries import QueryConfig
+    from rsagent.synth.run import SynthConfig, synthesize
+
+    if args.max_turns < 1:
+        raise RsagentError(f"--max-turns must be at least 1, got {args.max_turns}")
+    teacher = None
+    if args.teacher_base_url or args.teacher_model:
+        if not (args.teacher_base_url and args.teacher_model):
+            raise RsagentError("a teacher needs both --teacher-base-url URL and --teacher-model NAME")
+        teacher = {"base_url": args.teacher_base_url, "model": args.teacher_model,
+                   "api_key_env": args.teacher_api_key_env or None, "seed": args.seed}
+    elif args.rewrite or args.teacher_queries:
+        raise RsagentError("--rewrite and --teacher-queries need a teacher: --teacher-base-url URL --teacher-model NAME")
+    queries = {k: v for k, v in (("absent_rate", args.absent_rate), ("per_target", args.per_target)) if v is not None}
+    config = SynthConfig(
+        seed=args.seed, num=args.num, max_turns=args.max_turns,
+        frame=make_frame(args.frame, max_pixels=args.max_pixels).to_dict(), mix=tuple(_parse_mix(args.openings).items()),
+        queries=QueryConfig(**queries), filters=FilterConfig.for_segmenter(args.segmenter, args.min_iou,
+                                                                           max_turns=args.max_turns),
+        teacher=teacher, rewrite=args.rewrite, teacher_queries=args.teacher_queries)
+    dataset = DatasetSpec.create(args.dataset, args.root, args.split, annotations=args.annotations, queries=args.queries)
+    stats = synthesize(dataset, args.out, config=config, segmenter=args.segmenter,
+                       segmenter_factory=partial(make_segmenter, args.segmenter, **segmenter_kwargs(args)),
+                       resume=args.resume, workers=args.workers, executor=args.executor, batch_size=args.batch_size,
+                       progress=not args.no_progress, argv=argv, gallery=args.gallery, ray_address=args.ray_address)
+    print(f"items={stats['items']} accepted={stats['accepted']} rejected={stats['rejected']} out={args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(raw)
@@ -190,11 +283,13 @@ def main(argv: list[str] | None = None) -> int:
             return _score(args, ["rsagent", *raw])
         if args.command == "shapes":
             return _shapes(args)
+        if args.command == "synth":
+            return _synth(args, ["rsagent", *raw])
     except RsagentError as exc:
         print(f"rsagent: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command in ("eval", "score"):
+        if args.command in ("eval", "score", "synth"):
             print(f"rsagent: interrupted; finished samples are kept in {args.out}: finish with --resume",
                   file=sys.stderr)
             return 130

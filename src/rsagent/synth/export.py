@@ -189,32 +189,42 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, b"".join(dumps_line(r) for r in rows))
 
 
-def write_exports(out: Path, entries: Iterable[tuple[dict, Trajectory, np.ndarray, GroundTruth]],
-                  name: str = "rsagent_synth") -> dict:
-    """Write sft.jsonl, sharegpt.jsonl, dataset_info.json, rl_prompts.jsonl and images/ under `out`.
+def export_rows(record: dict, traj: Trajectory, image: np.ndarray, gt: GroundTruth, store: ImageStore) -> dict:
+    """One item's export rows (its pictures written to `store`): `rl` unless it failed, `sft` and
+    `sharegpt` when accepted. Synthesis workers call this; `write_exports` gathers the rows."""
+    if record.get("reject") == "failed" or traj.final.get("reason") == "failed":
+        return {}
+    rows = {"rl": rl_prompt_record(record, traj, gt, record.get("image") or traj.image["path"])}
+    if record.get("status") == "accepted":
+        rows["sft"] = sft_record(traj, image, store)
+        rows["sharegpt"] = sharegpt_record(traj, image, store)
+    return rows
 
-    Accepted records go to SFT and ShareGPT; each (image, query) that did not fail goes once to the
-    RL prompts (the first of its items: one query may have been run with several openings).
-    The same entries in the same order give the same bytes. Returns the counts written.
+
+def write_exports(out: Path, items: Iterable[tuple[dict, dict]], name: str = "rsagent_synth") -> dict:
+    """Write sft.jsonl, sharegpt.jsonl, dataset_info.json and rl_prompts.jsonl under `out` from
+    (record, export_rows(...)) pairs in item order.
+
+    Records accepted now go to SFT and ShareGPT (a record may have been accepted when its rows were
+    made and rejected since, e.g. as a duplicate); each (image, query) that did not fail goes once to
+    the RL prompts (the first of its items: one query may have been run with several openings).
+    The same items in the same order give the same bytes. Returns the counts written.
     """
     out = Path(out)
-    store = ImageStore(out)
     sft, sharegpt, rl = [], [], []
     prompts: set[tuple[str, str]] = set()
-    for record, traj, image, gt in entries:
-        if record.get("reject") == "failed" or traj.final.get("reason") == "failed":
-            continue
-        image_path = record.get("image") or traj.image["path"]
-        key = (image_path, record.get("query", traj.query))
-        if key not in prompts:
-            prompts.add(key)
-            rl.append(rl_prompt_record(record, traj, gt, image_path))
+    for record, rows in items:
+        if "rl" in rows:
+            key = (rows["rl"]["image"], rows["rl"]["query"])
+            if key not in prompts:
+                prompts.add(key)
+                rl.append(rows["rl"])
         if record.get("status") == "accepted":
-            sft.append(sft_record(traj, image, store))
-            sharegpt.append(sharegpt_record(traj, image, store))
+            sft.append(rows["sft"])
+            sharegpt.append(rows["sharegpt"])
     _write_jsonl(out / "sft.jsonl", sft)
     _write_jsonl(out / "sharegpt.jsonl", sharegpt)
     atomic_write_text(out / "dataset_info.json",
                       json.dumps(dataset_info(name, "sharegpt.jsonl"), indent=1, ensure_ascii=False) + "\n")
     _write_jsonl(out / "rl_prompts.jsonl", rl)
-    return {"sft": len(sft), "sharegpt": len(sharegpt), "rl_prompts": len(rl), "images": len(store.names)}
+    return {"sft": len(sft), "sharegpt": len(sharegpt), "rl_prompts": len(rl)}

@@ -3,7 +3,8 @@ corrected by the next turn that makes a candidate, or the trajectory is cut befo
 its best candidate so far. Replaying answers through a fresh episode rebuilds a trajectory exactly.
 
 A turn makes things worse when it refines a candidate into a lower IoU than its parent's, or when it
-segments something that lies mostly outside the target (a wrong object). Zoom turns in between do
+segments something that lies almost entirely outside the target (a wrong object; a poor but
+on-target first mask is the segmenter's limit, which later clicks work on). Zoom turns in between do
 not count: the correction is the next candidate.
 """
 
@@ -21,7 +22,7 @@ from rsagent.env.episode import Episode, EpisodeConfig, EpisodeTask
 from rsagent.segmenters.base import Segmenter
 
 MIN_GAIN = 0.005  # a refinement losing more IoU than this made things worse
-MIN_PRECISION = 0.5  # a new segment with less of its area on the target is a wrong object
+MIN_PRECISION = 0.25  # a new segment with less of its area on the target is a wrong object
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,203 @@
+"""`rsagent synth` end to end on real data: what it exports replays through the environment to the
+recorded masks, scores as recorded against ground truth drawn independently, parses as strict tool
+calls, and is byte-identical across runs, executors and a kill -9 followed by --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from rsagent.cli import main
+from rsagent.core.image import load_image
+from rsagent.core.mask import GroundTruth, decode_rle, polygons_to_mask
+from rsagent.core.trajectory import Trajectory
+from rsagent.env.episode import EpisodeTask
+from rsagent.env.parse import parse_answer
+from rsagent.env.tools import validate_call
+from rsagent.eval.results import safe_name
+from rsagent.segmenters import make_segmenter
+from rsagent.synth.recovery import replay
+
+DETERMINISTIC = ("results.jsonl", "sft.jsonl", "sharegpt.jsonl", "dataset_info.json", "rl_prompts.jsonl",
+                 "stats.json", "stats.html")
+
+
+def synth(*args: str) -> None:
+    assert main(["synth", *args, "--no-progress", "--max-pixels", "200000"]) == 0
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def folder_bytes(out: Path) -> dict[str, bytes]:
+    """Every file of a run except run.json (its invocation log holds times and argv)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.json"}
+
+
+def lisa_iou(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None) -> float:
+    keep = np.ones_like(target) if ignore is None else ~ignore
+    p, t = pred & keep, target & keep
+    union = int((p | t).sum())
+    return 1.0 if union == 0 else int((p & t).sum()) / union
+
+
+def yolo_gt(record: dict, root: Path) -> GroundTruth:
+    """Ground truth drawn straight from the YOLO label lines the record names (not via the loaders)."""
+    image = load_image(record["image"])
+    h, w = image.shape[:2]
+    rows = (root / "labels" / "train2017" / f"{Path(record['image']).stem}.txt").read_text().splitlines()
+    mask = np.zeros((h, w), bool)
+    for line in record["ann_ids"]:
+        values = np.asarray(rows[int(line)].split()[1:], np.float64).reshape(-1, 2) * [w, h]
+        mask |= polygons_to_mask([values], h, w)
+    return GroundTruth(mask)
+
+
+def check_exports(out: Path, gt_of, min_iou: float) -> int:
+    """Replay every SFT record through the environment; check masks, IoU, calls and image files."""
+    records = {r["sample_id"]: r for r in lines(out / "results.jsonl")}
+    sft = lines(out / "sft.jsonl")
+    segmenter = make_segmenter("grabcut")
+    assert sft and len(sft) == sum(r["status"] == "accepted" for r in records.values())
+    for row in sft:
+        rec = records[row["sample_id"]]
+        assert rec["status"] == "accepted"
+        for path in row["images"]:
+            assert (out / path).is_file()
+        answers = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
+                   for m in row["messages"] if m["role"] == "assistant"]
+        for answer in answers:  # each assistant message is exactly one valid tool call, strictly formatted
+            parsed = parse_answer(answer)
+            assert parsed.format_ok and parsed.error is None, answer
+            validate_call(parsed.call["name"], parsed.call["arguments"])
+        traj = Trajectory.load(out / "trajectories" / f"{safe_name(row['sample_id'])}.json")
+        gt = gt_of(rec)
+        task = EpisodeTask(load_image(rec["image"]), rec["query"], rec["sample_id"], gt, rec["image"])
+        ep = replay(traj, task, segmenter, answers)
+        assert ep.done and ep.final["reason"] == "submit"
+        final = ep.answer()
+        assert np.array_equal(final, decode_rle(traj.final["rle"]))
+        recomputed = lisa_iou(final, gt.mask, gt.ignore)
+        assert recomputed == pytest.approx(rec["IoU"], abs=1e-12) and recomputed >= min_iou
+    return len(sft)
+
+
+@pytest.fixture(scope="module")
+def yolo_run(coco128_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "yolo"
+    synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(out), "--num", "24", "--seed", "3")
+    return out
+
+
+def test_yoloseg_exports_replay_and_score_as_recorded(yolo_run, coco128_root):
+    n = check_exports(yolo_run, lambda rec: yolo_gt(rec, coco128_root), 0.7)
+    stats = json.loads((yolo_run / "stats.json").read_text())
+    assert stats["items"] == 24 and stats["accepted"] == n
+    rl = lines(yolo_run / "rl_prompts.jsonl")
+    records = lines(yolo_run / "results.jsonl")
+    assert len(rl) == sum(r["reject"] != "failed" for r in records)
+    for row in rl[:6]:  # the RL ground truth is the independently drawn one
+        rec = next(r for r in records if r["sample_id"] == row["sample_id"])
+        assert np.array_equal(mask_utils.decode(row["mask"]).astype(bool), yolo_gt(rec, coco128_root).mask)
+    kinds = {r["kind"] for r in records}
+    assert kinds <= {"referring", "reasoning", "group", "absent"}
+
+
+def test_same_seed_same_files_in_process_and_with_workers(yolo_run, coco128_root, tmp_path):
+    again = tmp_path / "again"
+    synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(again), "--num", "24", "--seed", "3",
+          "--workers", "2", "--batch-size", "5")
+    assert folder_bytes(again) == folder_bytes(yolo_run)
+
+
+def test_another_seed_gives_other_items(yolo_run, coco128_root, tmp_path):
+    other = tmp_path / "other"
+    synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(other), "--num", "24", "--seed", "4")
+    assert lines(other / "results.jsonl") != lines(yolo_run / "results.jsonl")
+
+
+def test_kill_then_resume_gives_the_same_files(yolo_run, coco128_root, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rsagent.cli", "synth", "--dataset", "yoloseg", "--root", str(coco128_root),
+           "--out", str(out), "--num", "24", "--seed", "3", "--no-progress", "--max-pixels", "200000",
+           "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not results.exists() or results.read_bytes().count(b"\n") < 7):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = results.read_bytes().count(b"\n")
+    assert 7 <= done < 24, f"the kill came at {done} of 24 items"
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert folder_bytes(out) == folder_bytes(yolo_run)
+
+
+def make_refcocog(mini: Path, root: Path) -> tuple[dict, dict]:
+    """A refer_seg layout from COCO val2017-mini with its own sentences; returns instances and refs by id."""
+    inst = json.loads((mini / "annotations" / "instances_val2017_subset.json").read_text())
+    images = root / "images" / "mscoco" / "images" / "train2014"
+    images.mkdir(parents=True)
+    (root / "refcocog").mkdir()
+    for img in inst["images"]:
+        shutil.copy(mini / "images" / img["file_name"], images / img["file_name"])
+    (root / "refcocog" / "instances.json").write_text(json.dumps(inst))
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    anns = sorted((a for a in inst["annotations"] if not a.get("iscrowd")), key=lambda a: -a["area"])[:10]
+    refs = []
+    for r, ann in enumerate(anns):
+        sents = [{"sent_id": 10 * r + j, "sent": f"the {cats[ann['category_id']]} you see here ({j})", "tokens": []}
+                 for j in range(1 + r % 2)]
+        refs.append({"ref_id": 700 + r, "ann_id": ann["id"], "image_id": ann["image_id"], "split": "train",
+                     "sentences": sents, "category_id": ann["category_id"], "sent_ids": [s["sent_id"] for s in sents]})
+    with open(root / "refcocog" / "refs(umd).p", "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    return inst, {f"{ref['ref_id']}-{s['sent_id']}": ref for ref in refs for s in ref["sentences"]}
+
+
+def test_refcocog_keeps_its_own_queries(shared_data, tmp_path):
+    root = tmp_path / "refer_seg"
+    inst, refs = make_refcocog(shared_data / "coco-val2017-mini", root)
+    out = tmp_path / "out"
+    synth("--dataset", "refcocog", "--root", str(root), "--split", "train", "--out", str(out), "--seed", "1")
+    records = lines(out / "results.jsonl")
+    assert sorted(r["sample_id"] for r in records) == sorted(refs)
+    sentences = {f"{ref['ref_id']}-{s['sent_id']}": s["sent"] for ref in refs.values() for s in ref["sentences"]}
+    assert all(r["query"] == sentences[r["sample_id"]] and r["kind"] == "dataset" for r in records)
+    anns = {a["id"]: a for a in inst["annotations"]}
+    sizes = {i["id"]: (i["height"], i["width"]) for i in inst["images"]}
+
+    def gt_of(rec: dict) -> GroundTruth:
+        ann = anns[refs[rec["sample_id"]]["ann_id"]]
+        h, w = sizes[ann["image_id"]]
+        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))
+        return GroundTruth(mask_utils.decode(rle).astype(bool))
+
+    assert check_exports(out, gt_of, 0.7) >= 3
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, coco128_root):
+    assert main(["synth", "--dataset", "yoloseg", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "rsagent: error:" in capsys.readouterr().err
+    assert main(["synth", "--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(tmp_path / "o"),
+                 "--openings", "clean_box=x"]) == 2
+    assert main(["synth", "--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(tmp_path / "o"),
+                 "--rewrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("rsagent: error:") == 2 and "Traceback" not in err
