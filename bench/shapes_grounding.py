@@ -1,6 +1,6 @@
 """Single-turn grounding on shapes: train the tiny Qwen2.5-VL from scratch to box the queried shape.
 
-    .venv/bin/python bench/shapes_grounding.py --minutes 20 --out runs/grounding [--model DIR] [--eval 600]
+    .venv/bin/python bench/shapes_grounding.py --steps 2000 --out runs/grounding [--model DIR] [--eval 600]
 
 The task is the agent's first move alone: the user turn (query first, then the 112 px scene, exactly
 as an episode's first prompt under the project's chat template) answered with one
@@ -42,10 +42,10 @@ def answer(box) -> str:
     return f"<tool_call>\n{call}\n</tool_call>"
 
 
-def scene_items(split: str, index: int, max_shapes: int, size: int) -> list[dict]:
+def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: int = 2) -> list[dict]:
     """Every single-target attribute query of one scene: image, query, target id, all shapes' boxes."""
     rng = rng_for(split, index)
-    scene = sample_scene(rng, SceneConfig(size=size, max_shapes=max_shapes))
+    scene = sample_scene(rng, SceneConfig(size=size, min_shapes=min_shapes, max_shapes=max_shapes))
     boxes = [s.box for s in scene.shapes]
     items = []
     for s in scene.shapes:
@@ -78,11 +78,16 @@ def batch_inputs(processor, items: list[dict], frame, with_answer: bool):
             texts.append(prompt)
         prompt_lens.append(prompt)
     inputs = processor(text=texts, images=[it["image"] for it in items], return_tensors="pt", padding=True)
-    if with_answer:  # loss on the answer only (its end marker included)
+    if with_answer:  # loss on the answer only (its end marker included): after the last assistant header
         labels = inputs["input_ids"].clone()
-        for b, prompt in enumerate(prompt_lens):
-            n = len(processor(text=[prompt], images=[items[b]["image"]])["input_ids"][0])
+        tok = processor.tokenizer
+        start_id = tok.convert_tokens_to_ids("<|im_start|>")
+        header = len(tok("assistant\n")["input_ids"])
+        for b in range(len(items)):
+            n = int((inputs["input_ids"][b] == start_id).nonzero()[-1]) + 1 + header
             labels[b, :n] = -100
+            end = int((inputs["input_ids"][b] == tok.eos_token_id).nonzero()[-1])
+            labels[b, end + 1:] = -100  # the template's newline after <|im_end|> is not the model's
         labels[inputs["attention_mask"] == 0] = -100
         inputs["labels"] = labels
     return inputs
@@ -154,14 +159,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default=None, help="start from this folder (default: a fresh random model)")
-    parser.add_argument("--minutes", type=float, default=20.0, help="training budget (wall clock)")
+    parser.add_argument("--steps", type=int, default=2000, help="training budget in optimiser steps (of --batch samples)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="stop early at this wall-clock time")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--curriculum", type=float, default=0.2, help="share of the budget on 2-4 shape scenes")
+    parser.add_argument("--curriculum", default="0.1,0.3",
+                        help="shares of the budget ending the one-shape and the 2-4 shape stages (then 2-8 shapes)")
     parser.add_argument("--eval", type=int, default=600, help="held-out test samples")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine more threads spin and run slower)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -180,18 +188,19 @@ def main() -> None:
     torch.manual_seed(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     budget = args.minutes * 60
+    stages = [float(v) for v in args.curriculum.split(",")]
     log = (out / "log.jsonl").open("w")
     model.train()
     start, step, seen, scene_index, queue = time.perf_counter(), 0, 0, 0, []
     step_times = []
-    while (elapsed := time.perf_counter() - start) < budget:
-        frac = elapsed / budget
+    while step < args.steps and (elapsed := time.perf_counter() - start) < budget:
+        frac = step / args.steps  # schedule and curriculum follow steps, so a busy machine changes only the time
         lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        max_shapes = 4 if frac < args.curriculum else 8
+        min_shapes, max_shapes = (1, 1) if frac < stages[0] else (2, 4) if frac < stages[1] else (2, 8)
         while len(queue) < args.batch:
-            queue += scene_items("train", scene_index, max_shapes, args.size)
+            queue += scene_items("train", scene_index, max_shapes, args.size, min_shapes)
             scene_index += 1
         items, queue = queue[:args.batch], queue[args.batch:]
         ts = time.perf_counter()

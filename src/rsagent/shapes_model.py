@@ -144,8 +144,26 @@ def build_shapes_model(seed: int = 0, texts: list[str] | None = None):
     tokenizer = train_tokenizer(texts if texts is not None else corpus(seed=seed))
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(shapes_model_config(tokenizer)).eval()
+    _number_embeddings(model, tokenizer)
     processor = make_processor(tokenizer, max_pixels=MAX_PIXELS)
     return model, processor
+
+
+def _number_embeddings(model, tokenizer) -> None:
+    """Give the number tokens a smooth start: sinusoids of the value (plus the random init), so that
+    near coordinates begin near each other, in the input and (tied) in the output embedding. Random
+    rows make every coordinate an unrelated class, which a from-scratch model learns slowly."""
+    import torch
+
+    emb = model.get_input_embeddings().weight
+    dim = emb.shape[1]
+    freqs = torch.exp(-torch.arange(0, dim, 2, dtype=torch.float32) / dim * torch.log(torch.tensor(512.0)))
+    with torch.no_grad():
+        for value in range(NUMBERS):
+            angle = value * freqs
+            row = torch.stack([angle.sin(), angle.cos()], 1).flatten()[:dim] * emb.std() * 1.5
+            for form in (str(value), f" {value}"):
+                emb[tokenizer.convert_tokens_to_ids(form)] += row
 
 
 def save_shapes_model(out: str | Path, seed: int = 0) -> dict:
