@@ -74,6 +74,8 @@ def _add_synth_parser(sub) -> None:
                        help="mix of first moves, kind=weight,... (default %(default)s)")
     group.add_argument("--absent-rate", type=float, default=None, help="share of 'absent' queries (default 0.05)")
     group.add_argument("--per-target", type=int, default=None, help="queries written per target instance (default 2)")
+    group.add_argument("--variants", type=int, default=1,
+                       help="trajectories per query, each opening with a move of another kind (default 1)")
     group = syn.add_argument_group("teacher (any OpenAI-compatible server)")
     group.add_argument("--teacher-base-url", default=None, help="e.g. http://localhost:8000/v1")
     group.add_argument("--teacher-model", default=None, help="the model name the server serves")
@@ -260,7 +262,7 @@ def _synth(args: argparse.Namespace, argv: list[str]) -> int:
         frame=make_frame(args.frame, max_pixels=args.max_pixels).to_dict(), mix=tuple(_parse_mix(args.openings).items()),
         queries=QueryConfig(**queries), filters=FilterConfig.for_segmenter(args.segmenter, args.min_iou,
                                                                            max_turns=args.max_turns),
-        teacher=teacher, rewrite=args.rewrite, teacher_queries=args.teacher_queries)
+        teacher=teacher, rewrite=args.rewrite, teacher_queries=args.teacher_queries, variants=args.variants)
     dataset = DatasetSpec.create(args.dataset, args.root, args.split, annotations=args.annotations, queries=args.queries)
     stats = synthesize(dataset, args.out, config=config, segmenter=args.segmenter,
                        segmenter_factory=partial(make_segmenter, args.segmenter, **segmenter_kwargs(args)),

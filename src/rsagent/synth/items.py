@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,26 +82,41 @@ def _instance_gt(image: InstanceImage, targets: tuple[int, ...], height: int, wi
     return GroundTruth(mask, ignore if ignore is not None and ignore.any() else None)
 
 
-def _opening(seed: int, item_key: str, mix: dict[str, float], image: InstanceImage | None,
-             targets: tuple[int, ...]) -> Opening:
-    """The item's opening move. A wrong region's box is placed by the worker once the ground truth
-    is drawn (sources with their own queries have no instance list to take a neighbour from)."""
+def _openings(seed: int, item_key: str, mix: dict[str, float], image: InstanceImage | None,
+              targets: tuple[int, ...], variants: int) -> list[Opening]:
+    """Up to `variants` openings of different kinds for one query. A wrong region's box is placed by
+    the worker once the ground truth is drawn (sources with their own queries have no instance list to
+    take a neighbour from)."""
     if image is not None and not targets:
-        return Opening("none")  # an absent target: the answer is an empty submit
+        return [Opening("none")]  # an absent target: the answer is an empty submit, one way only
     rng = rng_for(seed, "opening", item_key)
     other = neighbour(image, targets) if image is not None else None
-    kind = draw_opening(rng, mix, other is not None)
-    if kind == "wrong_neighbour":
-        inst = image.instances[other]  # type: ignore[union-attr]
-        return Opening(kind, inst.box, inst.category)
-    return Opening(kind)
+    out: list[Opening] = []
+    left = dict(mix)
+    while len(out) < variants and any(w > 0 for w in left.values()):
+        kind = draw_opening(rng, left, other is not None)
+        for used in (kind, "wrong_neighbour") if kind == "wrong_region" else (kind,):
+            left.pop(used, None)
+        if kind == "wrong_neighbour":
+            inst = image.instances[other]  # type: ignore[union-attr]
+            out.append(Opening(kind, inst.box, inst.category))
+        else:
+            out.append(Opening(kind))
+    return out
+
+
+def _variant_id(base: str, j: int) -> str:
+    return base if j == 0 else f"{base}-v{j}"
 
 
 def list_items(dataset: DatasetSpec, seed: int = 0, num: int | None = None, queries: QueryConfig = QueryConfig(),
                mix: dict[str, float] | None = None,
-               extra_queries: dict[str, list[GeneratedQuery]] | None = None) -> Listing:
-    """Every item of a synthesis run, in run order. `extra_queries` (by image id: a teacher's
+               extra_queries: dict[str, list[GeneratedQuery]] | None = None, variants: int = 1) -> Listing:
+    """Every item of a synthesis run, in run order. Each query is run `variants` times with openings
+    of different kinds (item ids `<id>`, `<id>-v1`, ...). `extra_queries` (by image id: a teacher's
     verified queries) are added to the generated ones."""
+    if variants < 1:
+        raise RsagentError(f"--variants must be at least 1, got {variants}")
     mix = dict(DEFAULT_MIX if mix is None else mix)
     unknown = sorted(set(mix) - set(OPENINGS))
     if unknown or not any(w > 0 for w in mix.values()):
@@ -116,10 +132,11 @@ def list_items(dataset: DatasetSpec, seed: int = 0, num: int | None = None, quer
             found = generate_queries(image, rng_for(seed, "queries", image.image_id), queries)
             found += (extra_queries or {}).get(image.image_id, [])
             for k, q in enumerate(found):
-                item_id = f"{dataset.name}-{image.image_id}-q{k}"
-                opening = _opening(seed, item_id, mix, image, q.targets)
-                listing.items.append(SynthItem(item_id, dataset.name, image.image_id, str(image.image_path), q.text,
-                                               q.kind, tuple(q.targets), opening, q.spec))
+                base = f"{dataset.name}-{image.image_id}-q{k}"
+                for j, opening in enumerate(_openings(seed, base, mix, image, q.targets, variants)):
+                    listing.items.append(SynthItem(_variant_id(base, j), dataset.name, image.image_id,
+                                                   str(image.image_path), q.text, q.kind, tuple(q.targets), opening,
+                                                   q.spec))
             if num is not None and len(listing.items) >= num:
                 break
     else:
@@ -132,13 +149,18 @@ def list_items(dataset: DatasetSpec, seed: int = 0, num: int | None = None, quer
         for path in order:
             for s in groups[path]:
                 listing.samples[s.sample_id] = s
-                opening = _opening(seed, s.sample_id, mix, None, ())
-                listing.items.append(SynthItem(s.sample_id, dataset.name, s.sample_id, path, s.query, "dataset",
-                                               (), opening))
+                for j, opening in enumerate(_openings(seed, s.sample_id, mix, None, (), variants)):
+                    listing.items.append(SynthItem(_variant_id(s.sample_id, j), dataset.name, s.sample_id, path,
+                                                   s.query, "dataset", (), opening))
             if num is not None and len(listing.items) >= num:
                 break
     if num is not None:
         listing.items = listing.items[:num]
+    ids = Counter(it.sample_id for it in listing.items)
+    clash = sorted(k for k, c in ids.items() if c > 1)
+    if clash:
+        raise RsagentError(f"{dataset.root}: item ids occur twice (e.g. {', '.join(clash[:3])}): a sample id "
+                           "ends like a variant's (-v1); run with --variants 1")
     if not listing.items:
         raise RsagentError(f"{dataset.root}: no synthesis items (no query could be written for any image)")
     return listing

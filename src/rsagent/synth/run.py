@@ -64,6 +64,7 @@ class SynthConfig:
     teacher: dict | None = None  # TeacherConfig fields, for rewriting reasoning and writing queries
     rewrite: bool = False  # the teacher rewrites each turn's reasoning (the call is never changed)
     teacher_queries: int = 0  # queries per image the teacher is asked for (instance sources)
+    variants: int = 1  # items per query, each with an opening of another kind
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -209,7 +210,7 @@ def _base_record(item: SynthItem, opening: Opening, listing: Listing) -> dict:
 
 def _listing(dataset: DatasetSpec, config: SynthConfig, out: Path) -> Listing:
     return list_items(dataset, config.seed, config.num, config.queries, dict(config.mix),
-                      extra_queries=_teacher_queries(out))
+                      extra_queries=_teacher_queries(out), variants=config.variants)
 
 
 def _teacher_queries(out: Path) -> dict | None:
