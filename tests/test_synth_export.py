@@ -20,7 +20,7 @@ from rsagent.policies.chat import chat_images, render_chat, render_images
 from rsagent.policies.oracle import OraclePolicy
 from rsagent.segmenters import make_segmenter
 from rsagent.synth.expert import ExpertPolicy, Opening, elsewhere_box
-from rsagent.synth.export import (EXPORT_FILES, IMAGE_TOKEN, ImageStore, dataset_info, sft_record, sharegpt_record,
+from rsagent.synth.export import (EXPORT_FILES, IMAGE_TOKEN, ImageStore, dataset_info, sft_record,
                                   export_rows, training_messages, trajectory_images, write_exports)
 from rsagent.synth.stats import build_stats, write_stats_html
 

@@ -201,3 +201,24 @@ def test_bad_input_is_one_line(tmp_path, capsys, coco128_root):
                  "--rewrite"]) == 2
     err = capsys.readouterr().err
     assert err.count("rsagent: error:") == 2 and "Traceback" not in err
+
+
+def test_variants_open_each_query_with_another_move(coco128_root):
+    from rsagent.eval.run import DatasetSpec
+    from rsagent.synth.items import list_items
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        one = list_items(DatasetSpec.create("yoloseg", coco128_root), seed=5, num=80)
+        three = list_items(DatasetSpec.create("yoloseg", coco128_root), seed=5, num=240, variants=3)
+    groups: dict[str, list] = {}
+    for item in three.items:
+        groups.setdefault(item.sample_id.split("-v")[0], []).append(item)
+    assert len({it.sample_id for it in three.items}) == len(three.items)
+    for base, items in list(groups.items())[:-1]:  # --num may cut the last query's variants short
+        kinds = [it.opening.kind for it in items]
+        assert len(set(kinds)) == len(kinds) and len({it.query for it in items}) == 1
+        assert len(items) == (1 if items[0].kind == "absent" else 3), (base, kinds)
+    # the first variant of each query is the single-variant run's item
+    assert [(it.sample_id, it.query) for it in one.items][:20] == \
+        [(it.sample_id, it.query) for it in three.items if "-v" not in it.sample_id][:20]

@@ -28,11 +28,11 @@ from pathlib import Path
 from rsagent.core.errors import RsagentError
 from rsagent.core.frames import frame_from_dict, make_frame
 from rsagent.core.image import load_image
-from rsagent.core.mask import decode_rle, mask_box
+from rsagent.core.mask import decode_rle, iou, mask_box
 from rsagent.core.trajectory import Trajectory
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.eval.metrics import get_protocol
-from rsagent.eval.results import RESULTS, atomic_write_text, dumps_line, read_results
+from rsagent.eval.results import RESULTS, atomic_write_text, dumps_line, read_results, safe_name
 from rsagent.eval.run import DatasetSpec, Outcome, _now, _Run, execute
 from rsagent.policies.base import format_answer
 from rsagent.policies.narration import Narrator
@@ -164,8 +164,6 @@ class SynthWorker:
         ep = replay(traj, task, self.segmenter, [t.assistant for t in traj.turns[:cut_at - 1]])
         gt = task.gt
         assert gt is not None
-        from rsagent.core.mask import iou
-
         ranked = sorted(ep.candidates, key=lambda c: -iou(ep.mask(c.id), gt))
         ids = best_union(ep, [c.id for c in ranked])
         narrator = Narrator(rng_for(self.config.seed, "cut", traj.sample_id), task.query)
@@ -286,7 +284,7 @@ def _finish(run: _Run, listing: Listing, gallery: int) -> dict:
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     shown = []
     for rec in [r for r in plain if r["status"] == "accepted"][:gallery]:
-        traj = Trajectory.load(out / "trajectories" / f"{_name(rec['sample_id'])}.json")
+        traj = Trajectory.load(out / "trajectories" / f"{safe_name(rec['sample_id'])}.json")
         shown.append((rec, traj, load_image(rec["image"])))
     write_stats_html(out, stats, shown)
     invocation = run.meta["invocations"][-1]
@@ -294,12 +292,6 @@ def _finish(run: _Run, listing: Listing, gallery: int) -> dict:
     invocation.update(finished=_now(), wall_seconds=round(wall, 1), items=len(records), accepted=len(accepted))
     run._save_meta()
     return stats
-
-
-def _name(sample_id: str) -> str:
-    from rsagent.eval.results import safe_name
-
-    return safe_name(sample_id)
 
 
 def _ask_teacher_for_queries(dataset: DatasetSpec, config: SynthConfig, out: Path, resume: bool,
