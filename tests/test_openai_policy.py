@@ -70,7 +70,8 @@ def ok(text: str) -> dict:
 class FakeServer:
     """OpenAI-compatible endpoints: POST /v1/chat/completions, GET /v1/models.
 
-    Each chat request is checked (a bad one gets 400 and is listed in `invalid`) and recorded with
+    A request for another model gets vLLM's 404. A preflight probe (one user message with text
+    content) is recorded in `probes` and answered with `probe`. Each other chat request is checked (a bad one gets 400 and is listed in `invalid`) and recorded with
     its decoded images; the answer is the next `script` action, else `respond(record)`. An action is a
     dict: status (200), json or raw body, headers, delay (seconds before answering), truncate (send
     half the body under the full Content-Length).
@@ -82,6 +83,8 @@ class FakeServer:
         self.script: list[dict] = []
         self.respond: Callable[[dict], dict] | None = None
         self.models: dict = {"status": 200, "json": {"object": "list", "data": [{"id": MODEL, "object": "model"}]}}
+        self.probes: list[dict] = []
+        self.probe: dict = {"json": completion("OK", finish="length")}
         self.model_requests: list[dict] = []
         self.barrier: threading.Barrier | None = None  # first-turn requests meet here: proof of concurrency
         self.lock = threading.Lock()
@@ -102,6 +105,13 @@ class FakeServer:
                 record = {"start": time.monotonic(), "headers": {k.lower(): v for k, v in self.headers.items()}}
                 try:
                     body = json.loads(raw)
+                    if body.get("model") != MODEL:
+                        return self._send({"status": 404, "json": {"error": {
+                            "message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError",
+                            "param": None, "code": 404}}})
+                    if is_probe(body):
+                        fake.probes.append(record | {"body": body})
+                        return self._send(fake.probe)
                     record.update(body=body, images=check_request(body))
                 except (ValueError, AssertionError, KeyError, TypeError) as exc:
                     fake.invalid.append(f"{type(exc).__name__}: {exc}")
@@ -139,6 +149,15 @@ class FakeServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def is_probe(body: dict) -> bool:
+    """The preflight's chat request: one short user message for one token."""
+    messages = body["messages"]
+    if len(messages) != 1 or not isinstance(messages[0]["content"], str):
+        return False
+    assert messages[0]["role"] == "user" and messages[0]["content"] and body["max_tokens"] == 1, body
+    return True
 
 
 def check_request(body: dict) -> list[list[tuple[str, tuple[int, int], np.ndarray]]]:
@@ -191,7 +210,7 @@ def make_policy(base_url: str, waits: list | None = None, **kwargs) -> OpenAIPol
               "backoff": 0.01, "timeout": 10.0}
     policy = OpenAIPolicy(OpenAIConfig(**{**config, **kwargs}))
     if waits is not None:
-        policy._sleep = waits.append  # record the backoff instead of sleeping
+        policy.client.sleep = waits.append  # record the backoff instead of sleeping
     return policy
 
 
@@ -534,9 +553,39 @@ def test_check_rejects_a_model_the_server_does_not_serve(server):
         make_policy(server.base_url).check()
 
 
-def test_check_passes_a_server_without_a_model_listing(server):
-    server.models = {"status": 404, "json": {"error": "not found"}}
+@pytest.mark.parametrize("status", [404, 405, 501])
+def test_check_without_a_model_listing_probes_the_chat_endpoint(server, monkeypatch, status):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.models = {"status": status, "json": {"error": "no such route"}}
     make_policy(server.base_url).check()
+    [probe] = server.probes
+    assert probe["body"] == {"model": MODEL, "messages": [{"role": "user", "content": "Reply with OK."}], "max_tokens": 1}
+    assert probe["headers"]["authorization"] == f"Bearer {SECRET}" and server.requests == []
+
+
+def test_check_without_a_model_listing_reports_an_unknown_model(server):
+    server.models = {"status": 405, "json": {"error": "method not allowed"}}
+    with pytest.raises(PolicyError) as info:
+        make_policy(server.base_url, model="not-served").check()
+    message = str(info.value)
+    assert message.startswith(f"the server at {server.base_url} does not serve model 'not-served' (GET ")
+    assert "HTTP 405" in message and "The model `not-served` does not exist." in message and "\n" not in message
+
+
+@pytest.mark.parametrize("probe,expect", [
+    ({"status": 404, "json": {"detail": "Not Found"}}, r"failed after 1 attempt: POST .*: HTTP 404: .*Not Found"),
+    ({"raw": b"<html>hello</html>"}, r"failed after 3 attempts: POST .*: malformed response \(not JSON\)"),
+    ({"status": 401, "json": {"error": "no key"}}, f"failed after 1 attempt: POST .*: HTTP 401: .*no key.*; set the API key in \\${KEY_ENV}$"),
+], ids=["no-chat-endpoint", "malformed", "refused-key"])
+def test_check_without_a_model_listing_fails_when_the_probe_fails(server, monkeypatch, probe, expect):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.models = {"status": 501, "json": {"error": "not implemented"}}
+    server.probe = probe
+    waits: list[float] = []
+    with pytest.raises(PolicyError, match=f"^cannot use the server at {server.base_url} with model '{MODEL}': "
+                                          f"GET .*/models answered HTTP 501, and a one-token chat request {expect}"):
+        make_policy(server.base_url, waits, retries=2).check()
+    assert len(server.probes) == 1 + len(waits)  # retried as configured, only when it may help
 
 
 def test_check_explains_refused_keys_and_unreachable_servers(server, monkeypatch):
@@ -580,6 +629,31 @@ def test_cli_segments_through_a_server(server, tasks, segmenter, tmp_path):
     assert traj.turns[0].assistant == box_answer and traj.config["policy"].startswith(f"openai:{server.base_url}")
     assert server.model_requests and server.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
     assert SECRET not in (tmp_path / "out" / "trajectory.json").read_text()
+
+
+@pytest.mark.parametrize("status", [404, 405, 501])
+def test_cli_segments_through_a_server_without_a_model_listing(server, tasks, segmenter, tmp_path, capsys, status):
+    from rsagent.cli import main
+
+    task = tasks[0]
+    server.models = {"status": status, "json": {"error": "no such route"}}
+    box_answer = gt_box_answer(task, segmenter, make_policy(server.base_url))
+    server.respond = lambda record: ok(
+        SUBMIT if any(m["role"] == "assistant" for m in record["body"]["messages"]) else box_answer)
+    code = main(["segment", str(task.image_path), task.query, "--policy", "openai", "--base-url", server.base_url,
+                 "--model", MODEL, "--segmenter", "grabcut", "--max-pixels", str(MAX_PIXELS),
+                 "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "turns=2 end=submit" in out.out and len(server.probes) == 1 and len(server.requests) == 2
+    traj = Trajectory.load(tmp_path / "out" / "trajectory.json")
+    assert traj.turns[0].assistant == box_answer and traj.final["mask_ids"] == [1]
+
+    code = main(["segment", str(task.image_path), task.query, "--policy", "openai", "--base-url", server.base_url,
+                 "--model", "not-served", "--out", str(tmp_path / "out2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not serve model 'not-served'" in err[0], err
+    assert len(server.requests) == 2  # nothing ran
 
 
 def test_cli_unreachable_server_or_unknown_model_is_one_line(server, tasks, tmp_path):

@@ -13,7 +13,8 @@ Standard library HTTP only (urllib). Connection errors, timeouts, HTTP 408/409/4
 bodies are retried with exponential backoff (a `Retry-After` header wins, both capped); other 4xx
 fail at once. A request that still fails raises `PolicyError`, one line, which the runner records
 in the episodes it fails. The API key is read from the environment variable named in the config
-and never appears in identifiers, errors or trajectories.
+and never appears in identifiers, errors or trajectories. `ChatClient` holds this HTTP side, so
+synthesis' teacher (rsagent.synth.teacher) talks to servers exactly as the policy does.
 """
 
 from __future__ import annotations
@@ -73,14 +74,7 @@ class OpenAIConfig:
     extra_body: dict = field(default_factory=dict)  # merged into each request last (e.g. {"top_k": 20})
 
     def __post_init__(self) -> None:
-        url = urllib.parse.urlsplit(self.base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise PolicyError(f"base URL {self.base_url!r} must look like http://HOST:PORT/v1")
-        if "@" in url.netloc:  # urllib would not send them, and URLs end up in reports
-            raise PolicyError("the base URL must not hold credentials; put the API key in the variable "
-                              "named by api_key_env (--api-key-env)")
-        if not self.model:
-            raise PolicyError("the openai policy needs a model name (the one the server serves)")
+        check_server_settings(self.base_url, self.model)
         if self.image_format not in ("png", "jpeg"):
             raise PolicyError(f"image format {self.image_format!r} is not supported; choose png or jpeg")
         for name, value, low in (("timeout", self.timeout, 1e-9), ("retries", self.retries, 0), ("backoff", self.backoff, 0),
@@ -92,6 +86,18 @@ class OpenAIConfig:
     def to_dict(self) -> dict:
         """Settings for reports (the key's variable name, never the key)."""
         return {**self.__dict__, "extra_body": dict(self.extra_body)}
+
+
+def check_server_settings(base_url: str, model: str) -> None:
+    """`PolicyError` unless `base_url` is an http(s) URL without credentials and `model` is named."""
+    url = urllib.parse.urlsplit(base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise PolicyError(f"base URL {base_url!r} must look like http://HOST:PORT/v1")
+    if "@" in url.netloc:  # urllib would not send them, and URLs end up in reports
+        raise PolicyError("the base URL must not hold credentials; put the API key in the variable "
+                          "named by api_key_env (--api-key-env)")
+    if not model:
+        raise PolicyError("an OpenAI-compatible server needs a model name (the one the server serves)")
 
 
 def endpoint(base_url: str, path: str) -> str:
@@ -125,9 +131,10 @@ def _retry_after(headers) -> float | None:
 class _Failure(Exception):
     """One failed attempt: what happened, whether another attempt may help, the server's wait."""
 
-    def __init__(self, what: str, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(self, what: str, retryable: bool, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(what)
-        self.what, self.retryable, self.retry_after = what, retryable, retry_after
+        self.what, self.retryable, self.retry_after, self.status = what, retryable, retry_after, status
+        self.attempts = 1  # set by the retry loop to the attempts made
 
 
 # --- request: the episode's conversation as OpenAI messages ------------------------------------------
@@ -205,13 +212,17 @@ def _call_text(name: str, arguments) -> str:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
+def content_text(message: dict) -> str:
+    """The text of an OpenAI `message` object's content (already checked), parts joined."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content)
+    return content or ""
+
+
 def answer_text(message: dict) -> str:
     """The assistant's answer in the protocol's form from an OpenAI `message` object (already checked)."""
-    content = message.get("content")
-    if isinstance(content, list):  # content parts: join their text
-        text = "".join(p.get("text", "") for p in content)
-    else:
-        text = content or ""
+    text = content_text(message)
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning.strip() and "<think>" not in text:
         rest = text.strip()
@@ -263,40 +274,35 @@ def parse_completion(raw: bytes) -> tuple[dict, dict, str | None]:
     return message, usage if isinstance(usage, dict) else {}, finish if isinstance(finish, str) else None
 
 
-# --- the policy ----------------------------------------------------------------------------------------
-class OpenAIPolicy(Policy):
-    name = "openai"
+# --- the client: one server and model, shared by the policy and synthesis' teacher -------------------
+PROBE_FALLBACK_STATUS = frozenset({404, 405, 501})  # GET /models not served: probe the chat endpoint instead
+_UNKNOWN_MODEL_WORDS = ("model_not_found", "not found", "not exist", "unknown", "no such", "invalid model")
 
-    def __init__(self, config: OpenAIConfig) -> None:
-        self.config = config
-        try:
-            self.frame = make_frame(config.frame, max_pixels=config.max_pixels, min_pixels=config.min_pixels)
-        except ValueError as exc:
-            raise PolicyError(str(exc)) from None
-        self.url = endpoint(config.base_url, "chat/completions")
-        self._api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        host = urllib.parse.urlsplit(config.base_url).hostname
+
+class ChatClient:
+    """`POST {base_url}/chat/completions` for one model, over urllib: retries with backoff, the API key
+    redacted from every error, usage accounting, and the `check()` preflight."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None, *, timeout: float, retries: int,
+                 backoff: float = 1.0, max_backoff: float = 30.0) -> None:
+        check_server_settings(base_url, model)
+        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
+        self.url = endpoint(base_url, "chat/completions")
+        self._api_key = os.environ.get(api_key_env) if api_key_env else None
+        host = urllib.parse.urlsplit(base_url).hostname
         # a local server is never reached through an environment proxy
         self._opener = urllib.request.build_opener(
             *([urllib.request.ProxyHandler({})] if host in _LOOPBACK else []))
-        self._sleep: Callable[[float], None] = time.sleep  # tests record the waits instead
-        self._images: WeakKeyDictionary[Episode, dict[ImageRef, str]] = WeakKeyDictionary()
+        self.sleep: Callable[[float], None] = time.sleep  # tests record the waits instead
         self._lock = threading.Lock()
         self.usage: dict[str, int] = {"requests": 0, "attempts": 0, "retries": 0, "failed_requests": 0,
                                       "prompt_tokens": 0, "completion_tokens": 0, "truncated": 0}
         self.latencies: list[float] = []  # seconds of each successful attempt
 
     @property
-    def identifier(self) -> str:
-        c = self.config
-        mode = "greedy" if c.temperature <= 0 else f"T={c.temperature:g},top_p={c.top_p:g}"
-        seed = f",seed={c.seed}" if c.seed is not None else ""
-        return f"openai:{c.base_url}:{c.model}:{mode}{seed}"
-
-    @property
-    def settings(self) -> dict:
-        """The config (the key's variable name, never the key) and the resolved frame."""
-        return {**self.config.to_dict(), "frame": self.frame.to_dict(), "api_key_set": bool(self._api_key)}
+    def api_key_set(self) -> bool:
+        return bool(self._api_key)
 
     def stats(self) -> dict:
         """Usage totals and latency summary, for reports."""
@@ -308,7 +314,6 @@ class OpenAIPolicy(Policy):
                        latency_p95_s=lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)], latency_max_s=lat[-1])
         return out
 
-    # --- HTTP ------------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "rsagent"}
         if self._api_key:
@@ -320,7 +325,7 @@ class OpenAIPolicy(Policy):
 
     def _open(self, request: urllib.request.Request) -> bytes:
         """One attempt: the response body, or `_Failure`."""
-        timeout = self.config.timeout
+        timeout = self.timeout
         deadline = time.monotonic() + timeout
         try:
             with self._opener.open(request, timeout=timeout) as resp:
@@ -340,7 +345,8 @@ class OpenAIPolicy(Policy):
             except (OSError, http.client.HTTPException):
                 body = b""
             retryable = exc.code in RETRY_STATUS or exc.code >= 500
-            raise _Failure(f"HTTP {exc.code}: {_snippet(body)}", retryable, _retry_after(exc.headers)) from None
+            raise _Failure(f"HTTP {exc.code}: {_snippet(body)}", retryable, _retry_after(exc.headers),
+                           exc.code) from None
         except TimeoutError:
             raise _Failure(f"timed out after {timeout:g} s", True) from None
         except urllib.error.URLError as exc:
@@ -351,21 +357,13 @@ class OpenAIPolicy(Policy):
             raise _Failure(f"connection error: {type(exc).__name__}: {exc}", True) from None
 
     def _wait(self, failure: _Failure, retry: int) -> float:
-        c = self.config
         if failure.retry_after is not None:
-            return min(failure.retry_after, c.max_backoff)
-        return min(c.backoff * 2 ** (retry - 1) * (1 + 0.25 * random.random()), c.max_backoff)
+            return min(failure.retry_after, self.max_backoff)
+        return min(self.backoff * 2 ** (retry - 1) * (1 + 0.25 * random.random()), self.max_backoff)
 
-    def complete(self, messages: list[dict]) -> str:
-        """One chat completion with retries: the answer in the protocol's form; `PolicyError` on failure."""
-        c = self.config
-        body = {"model": c.model, "messages": messages, "temperature": c.temperature, "top_p": c.top_p}
-        if c.max_tokens is not None:
-            body["max_tokens"] = c.max_tokens
-        if c.seed is not None:
-            body["seed"] = c.seed
-        body.update(c.extra_body)
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    def _post(self, body: dict) -> dict:
+        """The completion's message, after retries; the last `_Failure` (with `attempts`) when none came."""
+        payload = json.dumps({"model": self.model, **body}, ensure_ascii=False).encode("utf-8")
         attempt = 0
         while True:
             attempt += 1
@@ -376,15 +374,14 @@ class OpenAIPolicy(Policy):
                 raw = self._open(urllib.request.Request(self.url, data=payload, headers=self._headers(), method="POST"))
                 message, usage, finish = parse_completion(raw)
             except _Failure as failure:
-                if not failure.retryable or attempt > c.retries:
+                if not failure.retryable or attempt > self.retries:
                     with self._lock:
                         self.usage["failed_requests"] += 1
-                    tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
-                    raise PolicyError(self._redact(
-                        f"POST {self.url} (model {c.model}) failed after {tries}: {failure.what}")) from None
+                    failure.attempts = attempt
+                    raise
                 with self._lock:
                     self.usage["retries"] += 1
-                self._sleep(self._wait(failure, attempt))
+                self.sleep(self._wait(failure, attempt))
                 continue
             with self._lock:
                 self.latencies.append(time.perf_counter() - t0)
@@ -393,7 +390,114 @@ class OpenAIPolicy(Policy):
                 for key in ("prompt_tokens", "completion_tokens"):
                     if isinstance(usage.get(key), int):
                         self.usage[key] += usage[key]
-            return answer_text(message)
+            return message
+
+    def chat(self, messages: list[dict], **params) -> dict:
+        """One chat completion with retries (`params`: temperature, max_tokens, ...): the answer's
+        `message` object; `PolicyError`, one line, on failure."""
+        try:
+            return self._post({"messages": messages, **params})
+        except _Failure as failure:
+            tries = f"{failure.attempts} attempt{'s' if failure.attempts != 1 else ''}"
+            raise PolicyError(self._redact(
+                f"POST {self.url} (model {self.model}) failed after {tries}: {failure.what}")) from None
+
+    def _key_hint(self, failure: _Failure) -> str:
+        if failure.status not in (401, 403):
+            return ""
+        if self.api_key_env and not self._api_key:
+            return f"; set the API key in ${self.api_key_env}"
+        return "; the server refused the API key"
+
+    def check(self) -> None:
+        """Cheap preflight: GET {base_url}/models. `PolicyError` when the server cannot be reached, refuses
+        the key, or does not list the model. A server that does not serve the listing (HTTP 404, 405,
+        501) gets a one-token chat request for the model instead, which must come back well formed."""
+        url = endpoint(self.base_url, "models")
+        headers = {k: v for k, v in self._headers().items() if k != "Content-Type"}
+        try:
+            raw = self._open(urllib.request.Request(url, headers=headers, method="GET"))
+        except _Failure as failure:
+            if failure.status in PROBE_FALLBACK_STATUS:
+                return self._probe_chat(f"GET {url} answered HTTP {failure.status}")
+            raise PolicyError(self._redact(f"cannot use the server at {self.base_url}: "
+                                           f"GET {url}: {failure.what}{self._key_hint(failure)}")) from None
+        try:
+            listed = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise PolicyError(self._redact(f"{url} did not answer JSON (is {self.base_url} an "
+                                           f"OpenAI-compatible base URL, ending in /v1?): {_snippet(raw)}")) from None
+        models = listed.get("data") if isinstance(listed, dict) else None
+        if not isinstance(models, list):
+            return  # not the usual listing: nothing to check against
+        ids = [m.get("id") for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if ids and self.model not in ids:
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            raise PolicyError(f"the server at {self.base_url} does not serve model {self.model!r}; "
+                              f"it serves: {shown}")
+
+    def _probe_chat(self, why: str) -> None:
+        """The preflight through the chat endpoint: one short user message, one token, the configured retries."""
+        try:
+            self._post({"messages": [{"role": "user", "content": "Reply with OK."}], "max_tokens": 1})
+        except _Failure as failure:
+            said = f"POST {self.url}: {failure.what}"
+            if failure.status in (400, 404, 422) and self._names_unknown_model(failure.what):
+                raise PolicyError(self._redact(
+                    f"the server at {self.base_url} does not serve model {self.model!r} ({why}; {said})")) from None
+            tries = f"{failure.attempts} attempt{'s' if failure.attempts != 1 else ''}"
+            raise PolicyError(self._redact(
+                f"cannot use the server at {self.base_url} with model {self.model!r}: {why}, and a one-token "
+                f"chat request failed after {tries}: {said}{self._key_hint(failure)}")) from None
+
+    def _names_unknown_model(self, said: str) -> bool:
+        """Whether a chat endpoint's refusal is about the model (vLLM, OpenAI, Ollama word it differently)."""
+        text = said.lower()
+        return "model" in text and any(w in text for w in _UNKNOWN_MODEL_WORDS)
+
+
+# --- the policy ----------------------------------------------------------------------------------------
+class OpenAIPolicy(Policy):
+    name = "openai"
+
+    def __init__(self, config: OpenAIConfig) -> None:
+        self.config = config
+        try:
+            self.frame = make_frame(config.frame, max_pixels=config.max_pixels, min_pixels=config.min_pixels)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+        self.client = ChatClient(config.base_url, config.model, config.api_key_env, timeout=config.timeout,
+                                 retries=config.retries, backoff=config.backoff, max_backoff=config.max_backoff)
+        self.url = self.client.url
+        self.usage, self.latencies = self.client.usage, self.client.latencies  # the client's own, shared
+        self._images: WeakKeyDictionary[Episode, dict[ImageRef, str]] = WeakKeyDictionary()
+
+    @property
+    def identifier(self) -> str:
+        c = self.config
+        mode = "greedy" if c.temperature <= 0 else f"T={c.temperature:g},top_p={c.top_p:g}"
+        seed = f",seed={c.seed}" if c.seed is not None else ""
+        return f"openai:{c.base_url}:{c.model}:{mode}{seed}"
+
+    @property
+    def settings(self) -> dict:
+        """The config (the key's variable name, never the key) and the resolved frame."""
+        return {**self.config.to_dict(), "frame": self.frame.to_dict(), "api_key_set": self.client.api_key_set}
+
+    def stats(self) -> dict:
+        """Usage totals and latency summary, for reports."""
+        return self.client.stats()
+
+    def complete(self, messages: list[dict]) -> str:
+        """One chat completion with retries: the answer in the protocol's form; `PolicyError` on failure."""
+        c = self.config
+        params: dict = {"temperature": c.temperature, "top_p": c.top_p}
+        if c.max_tokens is not None:
+            params["max_tokens"] = c.max_tokens
+        if c.seed is not None:
+            params["seed"] = c.seed
+        params.update(c.extra_body)
+        return answer_text(self.client.chat(messages, **params))
 
     # --- the policy interface ------------------------------------------------------------------------
     def request_messages(self, episode: Episode, images: dict[ImageRef, str] | None = None) -> list[dict]:
@@ -420,32 +524,5 @@ class OpenAIPolicy(Policy):
         return [f.exception() if f.exception() is not None else f.result() for f in futures]
 
     def check(self) -> None:
-        """Cheap preflight: GET {base_url}/models. `PolicyError` when the server cannot be reached, refuses
-        the key, or does not list the model; a server without /models (404) passes."""
-        c = self.config
-        url = endpoint(c.base_url, "models")
-        headers = {k: v for k, v in self._headers().items() if k != "Content-Type"}
-        try:
-            raw = self._open(urllib.request.Request(url, headers=headers, method="GET"))
-        except _Failure as failure:
-            if failure.what.startswith("HTTP 404"):
-                return
-            hint = ""
-            if failure.what.startswith(("HTTP 401", "HTTP 403")):
-                hint = (f"; set the API key in ${c.api_key_env}" if c.api_key_env and not self._api_key
-                        else "; the server refused the API key")
-            raise PolicyError(self._redact(f"cannot use the server at {c.base_url}: "
-                                           f"GET {url}: {failure.what}{hint}")) from None
-        try:
-            listed = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise PolicyError(self._redact(f"{url} did not answer JSON (is {c.base_url} an "
-                                           f"OpenAI-compatible base URL, ending in /v1?): {_snippet(raw)}")) from None
-        models = listed.get("data") if isinstance(listed, dict) else None
-        if not isinstance(models, list):
-            return  # not the usual listing: nothing to check against
-        ids = [m.get("id") for m in models if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        if ids and c.model not in ids:
-            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-            raise PolicyError(f"the server at {c.base_url} does not serve model {c.model!r}; "
-                              f"it serves: {shown}")
+        """The client's preflight (`ChatClient.check`)."""
+        self.client.check()
