@@ -32,6 +32,15 @@ def place_in(box: tuple[float, float, float, float], x: float, y: float) -> str:
     return f"{row}-{col}"
 
 
+def direction_words(src: tuple[float, float, float, float], dst: tuple[float, float, float, float]) -> str:
+    """Where box `dst` lies seen from box `src`, along the axis where they are further apart."""
+    dx = (dst[0] + dst[2] - src[0] - src[2]) / 2
+    dy = (dst[1] + dst[3] - src[1] - src[3]) / 2
+    if abs(dx) >= abs(dy):
+        return "to its right" if dx > 0 else "to its left"
+    return "below it" if dy > 0 else "above it"
+
+
 def size_words(fraction: float) -> str:
     if fraction < 0.01:
         return "tiny"
@@ -125,18 +134,18 @@ class Narrator:
             f"Box {box}.",
         )
 
-    def recognise_wrong(self, cid: int, seen: str | None, where: str) -> str:
-        """The previous candidate landed on `seen` (or something else); the target is in the `where`.
-        The next action's own sentence follows."""
+    def recognise_wrong(self, cid: int, seen: str | None, toward: str) -> str:
+        """The previous candidate landed on `seen` (or something else); the target lies `toward` from
+        it ("to its right", "above it"). The next action's own sentence follows."""
         q = self.query
         what = f"the {seen}" if seen else "something else"
         return self._pick(
             "recognise_wrong",
-            f"The overlay shows candidate {cid} on {what}, which is not \"{q}\". The right one is in the {where}.",
-            f"That was the wrong object: candidate {cid} covers {what}. \"{q}\" is the one in the {where}.",
+            f"The overlay shows candidate {cid} on {what}, which is not \"{q}\". The right one is {toward}.",
+            f"That was the wrong object: candidate {cid} covers {what}. \"{q}\" is the one {toward}.",
             f"Looking at the overlay, candidate {cid} sits on {what} and does not match \"{q}\"; I'll leave it "
-            f"and go for the object in the {where}.",
-            f"Candidate {cid} picked {what}. Re-reading \"{q}\", the target is in the {where} instead.",
+            f"and go for the object {toward}.",
+            f"Candidate {cid} picked {what}. Re-reading \"{q}\", the target is {toward} instead.",
         )
 
     def redraw(self, cid: int, problem: str, box: list[int]) -> str:

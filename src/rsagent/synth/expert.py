@@ -19,7 +19,7 @@ import numpy as np
 from rsagent.core.mask import deepest_point
 from rsagent.env.episode import Episode
 from rsagent.policies.base import format_answer
-from rsagent.policies.narration import place_in, size_words
+from rsagent.policies.narration import direction_words, place_in, size_words
 from rsagent.policies.oracle import OracleConfig, OraclePolicy, _Part, _part_iou, _Plan
 
 Box = tuple[float, float, float, float]
@@ -181,14 +181,16 @@ class ExpertPolicy(OraclePolicy):
         return format_answer(think, "segment", {"box": box, "view": view.id})
 
     def _recognition(self, ep: Episode, plan: _Plan, state: _OpeningState) -> str:
+        """Name what the wrong candidate covers, and where the target lies seen from it (both visible:
+        two objects in the same third of the image are still told apart)."""
         h, w = ep.image_shape
-        part = plan.parts[0]
-        cx, cy = (part.box[0] + part.box[2]) / 2, (part.box[1] + part.box[3]) / 2
+        wrong = state.opening.wrong_box
+        assert wrong is not None
         seen = state.opening.wrong_label
-        if seen and state.opening.wrong_box is not None:
-            b = state.opening.wrong_box
-            seen = f"{seen} {_where_phrase(place_in((0, 0, w, h), (b[0] + b[2]) / 2, (b[1] + b[3]) / 2))}"
-        return plan.narrator.recognise_wrong(state.wrong_id, seen, place_in((0, 0, w, h), cx, cy))  # type: ignore[arg-type]
+        if seen:
+            seen = f"{seen} {_where_phrase(place_in((0, 0, w, h), (wrong[0] + wrong[2]) / 2, (wrong[1] + wrong[3]) / 2))}"
+        toward = direction_words(wrong, plan.parts[0].box)
+        return plan.narrator.recognise_wrong(state.wrong_id, seen, toward)  # type: ignore[arg-type]
 
     @staticmethod
     def _with_prefix(answer: str, prefix: str) -> str:

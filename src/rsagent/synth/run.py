@@ -283,7 +283,9 @@ def _finish(run: _Run, listing: Listing, gallery: int) -> dict:
     stats = build_stats(plain)
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     shown = []
-    for rec in [r for r in plain if r["status"] == "accepted"][:gallery]:
+    kept = [r for r in plain if r["status"] == "accepted"]
+    step = max(1, len(kept) // gallery) if gallery else 1
+    for rec in kept[::step][:gallery]:  # spread over the run: items of one image come in a row
         traj = Trajectory.load(out / "trajectories" / f"{safe_name(rec['sample_id'])}.json")
         shown.append((rec, traj, load_image(rec["image"])))
     write_stats_html(out, stats, shown)
