@@ -305,3 +305,36 @@ def test_rewrite_of_the_first_turn_says_no_tool_has_run(server):
 def test_an_unusable_rewrite_is_none(server, reasoning):
     server.reasoning = reasoning
     assert make_teacher(server.base_url).rewrite_reasoning(IMAGE, "the dog", OBSERVATION, REFINE) is None
+
+
+# --- in a synthesis run -------------------------------------------------------------------------------------
+def test_synth_with_a_teacher_adds_verified_queries_and_rewrites_reasoning(server, coco128_root, tmp_path,
+                                                                          monkeypatch):
+    from rsagent.cli import main
+    from rsagent.env.parse import parse_answer
+
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.models = {"status": 404, "json": {"error": "no route"}}  # a server without GET /v1/models
+    out = tmp_path / "synth"
+    args = ["synth", "--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(out), "--num", "12",
+            "--seed", "2", "--no-progress", "--max-pixels", "100000", "--teacher-base-url", server.base_url,
+            "--teacher-model", MODEL, "--teacher-api-key-env", KEY_ENV, "--teacher-queries", "2", "--rewrite"]
+    assert main(args) == 0
+    assert not server.invalid
+    cached = [json.loads(x) for x in (out / "teacher_queries.jsonl").read_text().splitlines()]
+    assert cached and all(len(r["queries"]) <= 2 for r in cached)
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    taught = [r for r in records if r["kind"] == "teacher"]
+    assert taught and all(r["spec"]["type"] == "teacher" for r in taught)
+    sft = [json.loads(x) for x in (out / "sft.jsonl").read_text().splitlines()]
+    assert sft
+    for row in sft:
+        answers = ["".join(p["text"] for p in m["content"]) for m in row["messages"] if m["role"] == "assistant"]
+        thinks = [parse_answer(a).think for a in answers]
+        assert all(parse_answer(a).format_ok for a in answers)
+        assert thinks.count(server.reasoning) >= 1  # the teacher's words, the expert's calls
+    rewrites = server.of("rewrite")
+    assert rewrites and all(r["auth"] == f"Bearer {SECRET}" for r in rewrites)
+    # resumed, the cached teacher queries are not asked again
+    asked = len(server.of("writer"))
+    assert main(args + ["--resume"]) == 0 and len(server.of("writer")) == asked

@@ -302,7 +302,6 @@ def _ask_teacher_for_queries(dataset: DatasetSpec, config: SynthConfig, out: Pat
     appended as each is answered, so a kill loses at most the image being asked about)."""
     from tqdm.auto import tqdm
 
-    from rsagent.data.instances import load_instance_images
     from rsagent.eval.results import ResultsWriter
     from rsagent.synth.items import is_instance_source
     from rsagent.synth.teacher import Teacher, TeacherConfig
@@ -316,7 +315,9 @@ def _ask_teacher_for_queries(dataset: DatasetSpec, config: SynthConfig, out: Pat
     done = {r["sample_id"] for r in read_results(path, repair=True)}
     teacher = Teacher(TeacherConfig(**config.teacher))  # type: ignore[arg-type]
     teacher.check()
-    images = load_instance_images(dataset.name, dataset.root, dataset.split, annotations=dataset.annotations)
+    # only the images the run's items come from (with --num, a shuffled subset), in run order
+    base = list_items(dataset, config.seed, config.num, config.queries, dict(config.mix), variants=config.variants)
+    images = [base.images[i] for i in dict.fromkeys(it.source_id for it in base.items)]
     with ResultsWriter(path) as writer:
         for image in tqdm(images, desc="teacher queries", unit="image", disable=not progress):
             if image.image_id in done:
