@@ -222,3 +222,39 @@ def test_variants_open_each_query_with_another_move(coco128_root):
     # the first variant of each query is the single-variant run's item
     assert [(it.sample_id, it.query) for it in one.items][:20] == \
         [(it.sample_id, it.query) for it in three.items if "-v" not in it.sample_id][:20]
+
+
+def test_reasonseg_layout_with_ignore_pixels(coco128_targets, tmp_path):
+    """ReasonSeg's own queries; its ignore regions are don't-care in the IoU the filter reads."""
+    from test_score_layouts import lisa_label_map
+
+    by_image: dict[str, list] = {}
+    for t in coco128_targets:
+        if t.area_fraction > 0.02:
+            by_image.setdefault(t.image_path.stem, []).append(t)
+    root = tmp_path / "ReasonSeg"
+    (root / "train").mkdir(parents=True)
+    labels = {}
+    for k, stem in enumerate(sorted(by_image)[10:16]):
+        t = by_image[stem][0]
+        w, h = t.width, t.height
+        shapes = [{"label": "target", "points": (t.polygon * [w, h]).tolist()}]
+        if k % 2:  # an ignore band through the target's middle row
+            y = float(t.polygon[:, 1].mean() * h)
+            shapes.append({"label": "ignore", "points": [[0, y - 6], [w - 1, y - 6], [w - 1, y + 6], [0, y + 6]]})
+        shutil.copy(t.image_path, root / "train" / f"{stem}.jpg")
+        (root / "train" / f"{stem}.json").write_text(json.dumps(
+            {"text": [f"what someone would call the {t.query[4:]} here"], "is_sentence": True, "shapes": shapes}))
+        labels[stem] = lisa_label_map(shapes, h, w)
+    out = tmp_path / "out"
+    synth("--dataset", "reasonseg", "--root", str(root), "--split", "train", "--out", str(out), "--variants", "2")
+
+    def gt_of(rec: dict) -> GroundTruth:
+        label = labels[rec["source_id"]]
+        ignore = label == 255
+        return GroundTruth(label == 1, ignore if ignore.any() else None)
+
+    assert check_exports(out, gt_of, 0.7) >= 4
+    records = lines(out / "results.jsonl")
+    assert len(records) == 12 and {r["kind"] for r in records} == {"dataset"}
+    assert all(r["opening"] != "wrong_neighbour" for r in records)  # no instance list to take one from
