@@ -199,15 +199,17 @@ class Narrator:
         )
 
     def submit(self, ids: list[int], reason: str) -> str:
-        which = f"candidate {ids[0]}" if len(ids) == 1 else f"candidates {ids}"
+        one = len(ids) == 1
+        which = f"candidate {ids[0]}" if one else f"candidates {ids}"
         q = self.query
         if reason == "good":
             return self._pick(
                 "submit_good",
-                f"{which.capitalize()} now follows the outline of \"{q}\" closely. Submitting.",
+                f"{which.capitalize()} now {'follows' if one else 'follow'} the outline of \"{q}\" closely. Submitting.",
                 f"The overlay matches the target well; I'll submit {which}.",
-                f"{which.capitalize()} covers the target with clean edges, so I submit it.",
-                f"That looks right: {which} traces \"{q}\" without spilling over. Done.")
+                f"{which.capitalize()} {'covers' if one else 'cover'} the target with clean edges, so I submit "
+                f"{'it' if one else 'them'}.",
+                f"That looks right: {which} {'traces' if one else 'trace'} \"{q}\" without spilling over. Done.")
         if reason == "stalled":
             return self._pick(
                 "submit_stalled",

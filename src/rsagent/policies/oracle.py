@@ -153,18 +153,26 @@ class OraclePolicy(Policy):
         h, w = ep.image_shape
         long_side = max(part.box[2] - part.box[0], part.box[3] - part.box[1])
         remaining = len(plan.parts) - plan.active - 1
-        if long_side < self.config.zoom_below * max(h, w) and ep.turns_left >= 3 + remaining:
-            return self._zoom(ep, plan, part)
+        box = self._zoom_box(part, (h, w))
+        # a zoom that keeps most of the image enlarges nothing: segment on the full view instead
+        worth = (box[2] - box[0]) * (box[3] - box[1]) < 0.5 * h * w
+        if long_side < self.config.zoom_below * max(h, w) and worth and ep.turns_left >= 3 + remaining:
+            return self._zoom(ep, plan, part, box)
         return self._segment_part(ep, plan, zoomed=False)
 
-    def _zoom(self, ep: Episode, plan: _Plan, part: _Part) -> str:
+    def _zoom_box(self, part: _Part, shape: tuple[int, int]) -> list[int]:
+        """The part with `zoom_context` of its size around it on each side, clipped to the image."""
+        h, w = shape
+        x0, y0, x1, y1 = part.box
+        side = max(max(x1 - x0, y1 - y0) * (1 + 2 * self.config.zoom_context), 32.0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        return [int(np.clip(np.floor(cx - side / 2), 0, w - 1)), int(np.clip(np.floor(cy - side / 2), 0, h - 1)),
+                int(np.clip(np.ceil(cx + side / 2), 1, w)), int(np.clip(np.ceil(cy + side / 2), 1, h))]
+
+    def _zoom(self, ep: Episode, plan: _Plan, part: _Part, box: list[int]) -> str:
         h, w = ep.image_shape
         x0, y0, x1, y1 = part.box
-        side = max(x1 - x0, y1 - y0) * (1 + 2 * self.config.zoom_context)
-        side = max(side, 32.0)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        box = [int(np.clip(np.floor(cx - side / 2), 0, w - 1)), int(np.clip(np.floor(cy - side / 2), 0, h - 1)),
-               int(np.clip(np.ceil(cx + side / 2), 1, w)), int(np.clip(np.ceil(cy + side / 2), 1, h))]
         plan.zoom_pending = True
         box = ep.to_frame_box(ep.views[0], ep.views[0].box_from_image(box))
         where = place_in((0, 0, w, h), cx, cy)

@@ -165,7 +165,7 @@ class SynthWorker:
         gt = task.gt
         assert gt is not None
         ranked = sorted(ep.candidates, key=lambda c: -iou(ep.mask(c.id), gt))
-        ids = best_union(ep, [c.id for c in ranked])
+        ids = best_union(ep, [c.id for c in _separate(ep, ranked)])
         narrator = Narrator(rng_for(self.config.seed, "cut", traj.sample_id), task.query)
         ep.step(format_answer(narrator.submit(ids, "good" if ids else "absent"), "submit", {"mask_ids": ids}))
         return ep.trajectory({k: traj.config[k] for k in ("policy", "policy_settings") if k in traj.config})
@@ -186,6 +186,18 @@ class SynthWorker:
                 latest = pictures[seen + n - 1]
                 seen += n
             observation = turn.observation.text
+
+
+def _separate(ep, ranked: list) -> list:
+    """Candidates in rank order, leaving out any that mostly overlaps a better one: a union is made of
+    different parts of the target, never of a mask and its own refinement."""
+    kept: list = []
+    for cand in ranked:
+        mask = ep.mask(cand.id)
+        area = max(1, int(mask.sum()))
+        if all(int((mask & ep.mask(k.id)).sum()) < 0.1 * area for k in kept):
+            kept.append(cand)
+    return kept
 
 
 def _recovered(verdict) -> bool:
