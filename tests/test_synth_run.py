@@ -124,6 +124,15 @@ def test_same_seed_same_files_in_process_and_with_workers(yolo_run, coco128_root
     assert folder_bytes(again) == folder_bytes(yolo_run)
 
 
+def test_ray_gives_the_same_files(yolo_run, coco128_root, tmp_path):
+    pytest.importorskip("ray")
+    sharded = tmp_path / "ray"
+    synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(sharded), "--num", "24", "--seed", "3",
+          "--executor", "ray", "--workers", "2", "--batch-size", "6")
+    assert json.loads((sharded / "run.json").read_text())["invocations"][0]["executor"] == "ray"
+    assert folder_bytes(sharded) == folder_bytes(yolo_run)
+
+
 def test_another_seed_gives_other_items(yolo_run, coco128_root, tmp_path):
     other = tmp_path / "other"
     synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(other), "--num", "24", "--seed", "4")
