@@ -217,6 +217,13 @@ class Narrator:
                 f"The last refinements did not help, so I'll stop and submit {which}.",
                 f"The outline has stopped improving. Submitting {which}.",
                 f"Further edits only shuffle the boundary; {which} is as good as it gets here.")
+        if reason == "best":  # the best of what the overlays showed, not claimed to be a clean fit
+            return self._pick(
+                "submit_best",
+                f"Of the masks so far, {which} {'fits' if one else 'fit'} \"{q}\" best; I'll submit "
+                f"{'it' if one else 'them'}.",
+                f"{which.capitalize()} {'is' if one else 'are'} the closest to the object's outline I have. Submitting.",
+                f"I'll stop here and submit {which}, the best match for \"{q}\" so far.")
         if reason == "budget":
             return self._pick("submit_budget", f"Only one turn is left, so I submit {which}.",
                               f"I am out of turns to refine further; submitting {which}.",

@@ -167,7 +167,7 @@ class SynthWorker:
         ranked = sorted(ep.candidates, key=lambda c: -iou(ep.mask(c.id), gt))
         ids = best_union(ep, [c.id for c in _separate(ep, ranked)])
         narrator = Narrator(rng_for(self.config.seed, "cut", traj.sample_id), task.query)
-        ep.step(format_answer(narrator.submit(ids, "good" if ids else "absent"), "submit", {"mask_ids": ids}))
+        ep.step(format_answer(narrator.submit(ids, "best" if ids else "absent"), "submit", {"mask_ids": ids}))
         return ep.trajectory({k: traj.config[k] for k in ("policy", "policy_settings") if k in traj.config})
 
     def _rewrite(self, traj: Trajectory, task: EpisodeTask) -> None:
