@@ -267,3 +267,25 @@ def test_reasonseg_layout_with_ignore_pixels(coco128_targets, tmp_path):
     records = lines(out / "results.jsonl")
     assert len(records) == 12 and {r["kind"] for r in records} == {"dataset"}
     assert all(r["opening"] != "wrong_neighbour" for r in records)  # no instance list to take one from
+
+
+def test_a_corrupt_image_fails_its_item_alone(coco128_targets, tmp_path):
+    """A manifest (its own queries) with one unreadable image: that item is counted as failed, no other is lost."""
+    rows = []
+    for k, t in enumerate([t for t in coco128_targets if t.area_fraction > 0.05][:4]):
+        image = t.image_path
+        if k == 1:
+            image = tmp_path / "broken.jpg"
+            image.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+        poly = (t.polygon * [t.width, t.height]).ravel().round(2).tolist()
+        rows.append({"sample_id": f"s{k}", "image": str(image), "query": t.query, "polygons": [poly]})
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    synth("--dataset", "manifest", "--root", str(tmp_path / "set.jsonl"), "--out", str(out))
+    records = {r["sample_id"]: r for r in lines(out / "results.jsonl")}
+    assert sorted(records) == ["s0", "s1", "s2", "s3"]
+    assert records["s1"]["reject"] == "failed" and "broken.jpg" in records["s1"]["error"]
+    assert all(records[s]["reject"] != "failed" for s in ("s0", "s2", "s3"))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["items"] == 4 and stats["reject_reasons"]["failed"] == 1
+    assert "s1" not in {r["sample_id"] for r in lines(out / "rl_prompts.jsonl")}
