@@ -289,3 +289,25 @@ def test_a_corrupt_image_fails_its_item_alone(coco128_targets, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["items"] == 4 and stats["reject_reasons"]["failed"] == 1
     assert "s1" not in {r["sample_id"] for r in lines(out / "rl_prompts.jsonl")}
+
+
+def test_sam2_segmenter_in_workers(coco128_root, tmp_path):
+    """--segmenter sam2 with a local folder: each worker loads it; the IoU bar defaults to SAM2's."""
+    pytest.importorskip("torch")
+    from transformers import Sam2Model
+
+    from rsagent.segmenters.sam2 import tiny_sam2_config
+
+    model = tmp_path / "tiny-sam2"
+    Sam2Model(tiny_sam2_config()).save_pretrained(model)
+    out = tmp_path / "out"
+    synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(out), "--num", "4", "--seed", "1",
+          "--segmenter", "sam2", "--sam2-model", str(model), "--device", "cpu", "--workers", "2",
+          "--batch-size", "2", "--max-turns", "3")
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["synth"]["filters"]["min_iou"] == 0.85 and run["config"]["segmenter"] == "sam2"
+    assert "sam2" in run["models"]["segmenter"]
+    records = lines(out / "results.jsonl")
+    assert len(records) == 4 and all(r["reject"] != "failed" for r in records)
+    # random weights make poor masks: what is accepted still clears SAM2's bar
+    assert all(r["IoU"] >= 0.85 for r in records if r["status"] == "accepted")
