@@ -311,3 +311,24 @@ def test_sam2_segmenter_in_workers(coco128_root, tmp_path):
     assert len(records) == 4 and all(r["reject"] != "failed" for r in records)
     # random weights make poor masks: what is accepted still clears SAM2's bar
     assert all(r["IoU"] >= 0.85 for r in records if r["status"] == "accepted")
+
+
+def test_an_error_after_the_episode_fails_that_item_alone(coco128_root, tmp_path, monkeypatch):
+    import rsagent.synth.run as synth_run
+
+    real = synth_run.judge
+    broken: list[str] = []
+
+    def judge_or_raise(traj, gt):
+        if not broken:
+            broken.append(traj.sample_id)
+            raise ValueError("judging broke")
+        return real(traj, gt)
+
+    monkeypatch.setattr(synth_run, "judge", judge_or_raise)
+    out = tmp_path / "out"
+    synth("--dataset", "yoloseg", "--root", str(coco128_root), "--out", str(out), "--num", "6", "--seed", "8")
+    records = {r["sample_id"]: r for r in lines(out / "results.jsonl")}
+    assert len(records) == 6 and len(broken) == 1
+    assert records[broken[0]]["reject"] == "failed" and records[broken[0]]["error"] == "ValueError: judging broke"
+    assert sum(r["reject"] == "failed" for r in records.values()) == 1

@@ -33,7 +33,7 @@ from rsagent.core.trajectory import Trajectory
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.eval.metrics import get_protocol
 from rsagent.eval.results import RESULTS, atomic_write_text, dumps_line, read_results, safe_name
-from rsagent.eval.run import DatasetSpec, Outcome, _now, _Run, execute
+from rsagent.eval.run import DatasetSpec, Outcome, _describe, _now, _Run, execute
 from rsagent.policies.base import format_answer
 from rsagent.policies.narration import Narrator
 from rsagent.policies.oracle import OracleConfig, best_union
@@ -104,8 +104,7 @@ class SynthWorker:
                 image = load_image(item.image_path)
                 gt = self.listing.ground_truth(item)(image.shape[0], image.shape[1])
             except Exception as exc:  # noqa: BLE001 - an unloadable item fails alone, never the run
-                emit(Outcome(_base_record(item, item.opening, self.listing) | {"status": "rejected", "reject": "failed",
-                                                                 "error": str(exc), "IoU": 0.0}))
+                emit(self._failed(item, item.opening, exc))
                 continue
             opening = item.opening
             if opening.kind == "wrong_region" and opening.wrong_box is None:
@@ -117,12 +116,23 @@ class SynthWorker:
         if tasks:
             run_episodes(self.policy, self.segmenter, [t for _, t in tasks.values()],
                          EpisodeConfig(max_turns=self.config.max_turns), batch_size=self.batch_size, progress=False,
-                         on_done=lambda traj: emit(self._outcome(traj, *tasks[traj.sample_id])))
+                         on_done=lambda traj: emit(self._guarded_outcome(traj, *tasks[traj.sample_id])))
 
     def run_collect(self, ids: Sequence[str]) -> list[Outcome]:
         out: list[Outcome] = []
         self.run(ids, out.append)
         return out
+
+    def _failed(self, item: SynthItem, opening: Opening, exc: BaseException) -> Outcome:
+        return Outcome(_base_record(item, opening, self.listing) | {
+            "status": "rejected", "reject": "failed", "error": _describe(exc), "IoU": 0.0})
+
+    def _guarded_outcome(self, traj: Trajectory, item: SynthItem, task: EpisodeTask) -> Outcome:
+        """The item's outcome; an error while judging, cutting or exporting fails that item alone."""
+        try:
+            return self._outcome(traj, item, task)
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(item, self.policy.opening(item.sample_id), exc)
 
     def _outcome(self, traj: Trajectory, item: SynthItem, task: EpisodeTask) -> Outcome:
         opening = self.policy.opening(traj.sample_id)
