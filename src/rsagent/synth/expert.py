@@ -34,17 +34,12 @@ DEFAULT_MIX = {"clean_box": 0.25, "jittered_box": 0.15, "tight_box": 0.1, "loose
 
 @dataclass(frozen=True)
 class Opening:
-    """How one episode starts. `wrong_box` (image pixels) and `wrong_label` ("cup in the left"...)
+    """How one episode starts. `wrong_box` (image pixels) and `wrong_label` (its category, e.g. "cup")
     describe the wrong object for the wrong_* openings."""
 
     kind: str = "clean_box"
     wrong_box: Box | None = None
     wrong_label: str | None = None
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "wrong_box": None if self.wrong_box is None else [round(v, 2) for v in self.wrong_box],
-                "wrong_label": self.wrong_label}
 
 
 def draw_opening(rng: random.Random, mix: dict[str, float], has_neighbour: bool) -> str:
