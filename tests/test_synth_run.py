@@ -93,6 +93,7 @@ def check_exports(out: Path, gt_of, min_iou: float) -> int:
         assert np.array_equal(final, decode_rle(traj.final["rle"]))
         recomputed = lisa_iou(final, gt.mask, gt.ignore)
         assert recomputed == pytest.approx(rec["IoU"], abs=1e-12) and recomputed >= min_iou
+        assert traj.metrics["iou"] == rec["IoU"]
     return len(sft)
 
 

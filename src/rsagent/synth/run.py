@@ -144,11 +144,12 @@ class SynthWorker:
             traj = self._cut(traj, task, verdict.cut_at)
         if self.teacher is not None and not failed:
             self._rewrite(traj, task)
-        traj.timings, traj.metrics = {}, {}  # wall times differ between runs; the record holds the IoU
+        traj.timings = {}  # wall times differ between runs: the files must not
         for turn in traj.turns:
             turn.seconds = {}
         inter, union = self.protocol.counts(decode_rle(traj.final["rle"]), task.gt)  # type: ignore[arg-type]
         final_iou = self.protocol.sample_iou(inter, union)
+        traj.metrics = {"iou": final_iou, "intersection": inter, "union": union}  # under the eval protocol
         first = traj.candidates[0] if traj.candidates else None
         first_iou = None
         if first is not None:
