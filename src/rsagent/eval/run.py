@@ -157,11 +157,6 @@ class EpisodeWorker:
             run_episodes(self.policy, self.segmenter, tasks, self.episode, batch_size=self.batch_size,
                          progress=False, on_done=lambda traj: emit(self._outcome(traj, gts.pop(traj.sample_id))))
 
-    def run_collect(self, ids: Sequence[str]) -> list[Outcome]:
-        out: list[Outcome] = []
-        self.run(ids, out.append)
-        return out
-
     def _outcome(self, traj: Trajectory, gt: GroundTruth) -> Outcome:
         inter, union = self.protocol.counts(decode_rle(traj.final["rle"]), gt)
         end = traj.final.get("reason", "failed")
@@ -242,7 +237,10 @@ class GuardedWorker:
         return self._get().models()
 
     def run_collect(self, ids: Sequence[str]) -> list[Outcome]:
-        return self._get().run_collect(ids)
+        """The outcomes of `ids`, gathered (what crosses a process or actor boundary)."""
+        out: list[Outcome] = []
+        self._get().run(ids, out.append)
+        return out
 
 
 # --- local process pool (one GuardedWorker per process) ---------------------------------------------
@@ -485,7 +483,7 @@ def execute(run: _Run, pending: Sequence, worker_cls: type, worker_args: tuple, 
             executor: str = "local", batch_size: int = 8, ray_address: str | None = None,
             gpus_per_worker: float = 0.0, in_process: Callable[[], object] | None = None) -> None:
     """Run `pending` (items with a `sample_id`) in chunks of `batch_size` through workers built as
-    `worker_cls(*worker_args)` (each has `models()`, `run(ids, emit)` and `run_collect(ids)`): in-process
+    `worker_cls(*worker_args)` (each has `models()` and `run(ids, emit)`): in-process
     (`in_process()` builds that worker, e.g. reusing the driver's listing), in local processes, or on Ray
     actors; every outcome goes to `run.commit`, in the driver only."""
     if not pending:

@@ -118,11 +118,6 @@ class SynthWorker:
                          EpisodeConfig(max_turns=self.config.max_turns), batch_size=self.batch_size, progress=False,
                          on_done=lambda traj: emit(self._guarded_outcome(traj, *tasks[traj.sample_id])))
 
-    def run_collect(self, ids: Sequence[str]) -> list[Outcome]:
-        out: list[Outcome] = []
-        self.run(ids, out.append)
-        return out
-
     def _failed(self, item: SynthItem, opening: Opening, exc: BaseException) -> Outcome:
         return Outcome(_base_record(item, opening, self.listing) | {
             "status": "rejected", "reject": "failed", "error": _describe(exc), "IoU": 0.0})
