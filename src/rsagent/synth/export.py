@@ -132,20 +132,22 @@ def _parts(content: str | list[dict]) -> list[dict]:
     return [{"type": "image"} if p["type"] == "image_url" else {"type": "text", "text": p["text"]} for p in content]
 
 
-def sft_record(traj: Trajectory, image: np.ndarray, store: ImageStore) -> dict:
+def sft_record(traj: Trajectory, image: np.ndarray, store: ImageStore, images: list[str] | None = None) -> dict:
     """TRL's conversational vision row: `messages` (tool observations as `<tool_response>` user turns)
-    and `images` (paths relative to the store's folder, in placeholder order)."""
+    and `images` (paths relative to the store's folder, in placeholder order; given when already stored)."""
     messages = training_messages(traj)
-    images = _stored_images(traj, image, messages, store)
+    images = _stored_images(traj, image, messages, store) if images is None else images
     # the openai policy's layout (tool turns as <tool_response> user turns); its image URLs become placeholders
     chat = [{"role": m["role"], "content": _parts(m["content"])} for m in openai_messages(messages, lambda _: "")]
     return {"messages": chat, "images": images, "sample_id": traj.sample_id}
 
 
-def sharegpt_record(traj: Trajectory, image: np.ndarray, store: ImageStore) -> dict:
-    """LLaMA-Factory's ShareGPT row: human, then gpt / observation alternating, `<image>` placeholders."""
+def sharegpt_record(traj: Trajectory, image: np.ndarray, store: ImageStore,
+                    images: list[str] | None = None) -> dict:
+    """LLaMA-Factory's ShareGPT row: human, then gpt / observation alternating, `<image>` placeholders
+    (`images`: the stored paths, when already stored)."""
     messages = training_messages(traj)
-    images = _stored_images(traj, image, messages, store)
+    images = _stored_images(traj, image, messages, store) if images is None else images
     turns = []
     for msg in messages[1:]:  # the system prompt has its own column
         texts = [p["text"] for p in msg["content"] if p["type"] == "text"]
@@ -196,8 +198,9 @@ def export_rows(record: dict, traj: Trajectory, image: np.ndarray, gt: GroundTru
         return {}
     rows = {"rl": rl_prompt_record(record, traj, gt, record.get("image") or traj.image["path"])}
     if record.get("status") == "accepted":
-        rows["sft"] = sft_record(traj, image, store)
-        rows["sharegpt"] = sharegpt_record(traj, image, store)
+        images = _stored_images(traj, image, training_messages(traj), store)  # rendered once for both rows
+        rows["sft"] = sft_record(traj, image, store, images)
+        rows["sharegpt"] = sharegpt_record(traj, image, store, images)
     return rows
 
 
