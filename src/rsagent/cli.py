@@ -46,6 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="folder of <sample_id>.png masks (non-zero = foreground, the image's size)")
     _add_synth_parser(sub)
     _add_shapes_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 
@@ -113,6 +114,61 @@ def _add_shapes_parser(sub) -> None:
     model = actions.add_parser("model", help="a random tiny Qwen2.5-VL with a tokenizer trained on the domain's text")
     model.add_argument("--out", required=True, help="folder to write (loads with --policy qwen --model DIR)")
     model.add_argument("--seed", type=int, default=0)
+
+
+def _add_train_parser(sub) -> None:
+    trn = sub.add_parser("train", help="train the qwen policy on synthesized trajectories")
+    stages = trn.add_subparsers(dest="stage", required=True)
+    sft = stages.add_parser("sft", help="cold-start SFT on a `rsagent synth` export (TRL SFTTrainer; docs/training.md)")
+    # every option defaults to None: only the flags given override the --config file (then SFTConfig's defaults)
+    group = sft.add_argument_group("run")
+    group.add_argument("--config", default=None, metavar="FILE", help="YAML file of settings (configs/sft_*.yaml)")
+    group.add_argument("--data", default=None, help="a `rsagent synth` output folder (sft.jsonl, images/, run.json)")
+    group.add_argument("--model", default=None, help="hub id or local folder of a Qwen2.5-VL checkpoint")
+    group.add_argument("--out", default=None, help="checkpoints, logs, evals and the final model (loads with "
+                       "--policy qwen --model OUT)")
+    group.add_argument("--resume", action="store_const", const=True, default=None,
+                       help="continue from the newest OUT/checkpoint-*")
+    group.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
+    group.add_argument("--seed", type=int, default=None)
+    group = sft.add_argument_group("optimisation")
+    group.add_argument("--max-steps", dest="max_steps", type=int, default=None, metavar="N",
+                       help="optimizer steps (overrides --epochs)")
+    group.add_argument("--epochs", type=float, default=None)
+    group.add_argument("--batch-size", dest="per_device_batch", type=int, default=None, metavar="N", help="rows per device per step")
+    group.add_argument("--grad-accum", dest="grad_accum", type=int, default=None, metavar="N")
+    group.add_argument("--lr", type=float, default=None)
+    group.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
+                       help="LoRA on the language model (the final folder holds the merge; OUT/adapter the adapter)")
+    group.add_argument("--freeze-vision", dest="freeze_vision", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep the vision tower's weights")
+    group.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
+                       action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--logging-steps", dest="logging_steps", type=int, default=None, metavar="N")
+    group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
+    group = sft.add_argument_group("rollouts on held-out data during training")
+    group.add_argument("--eval-dataset", dest="eval_dataset", default=None, metavar="NAME",
+                       help="any dataset `rsagent eval` knows, e.g. shapes")
+    group.add_argument("--eval-root", dest="eval_root", default=None, metavar="PATH")
+    group.add_argument("--eval-split", dest="eval_split", default=None, metavar="SPLIT")
+    group.add_argument("--eval-n", dest="eval_n", type=int, default=None, metavar="N", help="samples per evaluation")
+    group.add_argument("--eval-steps", dest="eval_steps", type=int, default=None, metavar="N", help="evaluate every N steps (0: never)")
+    group.add_argument("--eval-max-turns", dest="eval_max_turns", type=int, default=None, metavar="N",
+                       help="default: the export's turn budget")
+    group.add_argument("--eval-max-new-tokens", dest="eval_max_new_tokens", type=int, default=None, metavar="N")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from rsagent.train import SFTConfig, load_sft_config, train_sft
+
+    flags = {f.name: getattr(args, f.name) for f in fields(SFTConfig) if hasattr(args, f.name)}
+    config = load_sft_config(args.config, **flags)
+    result = train_sft(config)
+    print(f"steps={result['steps']} loss={result['train_loss']:.4f} rows={result['rows']} "
+          f"seconds={result['seconds']:.1f} out={result['out']}")
+    return 0
 
 
 def _shapes(args: argparse.Namespace) -> int:
@@ -287,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             return _shapes(args)
         if args.command == "synth":
             return _synth(args, ["rsagent", *raw])
+        if args.command == "train":
+            return _train(args)
     except RsagentError as exc:
         print(f"rsagent: error: {exc}", file=sys.stderr)
         return 2
@@ -294,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("eval", "score", "synth"):
             print(f"rsagent: interrupted; finished samples are kept in {args.out}: finish with --resume",
                   file=sys.stderr)
+            return 130
+        if args.command == "train":
+            print("rsagent: interrupted; the checkpoints are kept: continue with --resume", file=sys.stderr)
             return 130
         raise
     return 0

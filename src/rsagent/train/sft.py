@@ -1,0 +1,207 @@
+"""`train_sft`: cold-start SFT of the qwen policy on a synthesis export, on TRL's SFTTrainer.
+
+    OUT/train_config.yaml        the resolved config (also in every checkpoint)
+    OUT/log.jsonl                every log: loss, learning_rate, grad_norm, tokens/s, epoch, step, rollout metrics
+    OUT/runs/                    TensorBoard events
+    OUT/checkpoint-N/            weights, optimizer, scheduler, RNG and trainer state; `resume` continues the newest
+    OUT/evals/step-N/            rollouts on held-out data (`rsagent eval`'s files)
+    OUT/ (config.json, model.safetensors, tokenizer, processor_config.json, chat_template.jinja)
+                                 the final model: loads with `--policy qwen --model OUT` (LoRA merged into the base;
+                                 the adapter alone in OUT/adapter/)
+
+The rows are tokenised by the processor with the project's chat template, the same renderer the qwen
+policy uses, so training sees exactly the ids and pixels inference does (tests/test_train_sft.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rsagent.core.errors import RsagentError
+from rsagent.train.callbacks import EVAL_DIR, LOG_FILE, ConfigInCheckpoint, JSONLLogger, RolloutEval
+from rsagent.train.config import CONFIG_FILE, SFTConfig, read_config, replace, resume_differences, write_config
+from rsagent.train.sft_data import (
+    SFTCollator,
+    check_pixels,
+    export_frame,
+    export_max_turns,
+    load_rows,
+    pixel_limits,
+    sft_dataset,
+)
+
+ADAPTER_DIR = "adapter"
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def train_sft(config: SFTConfig) -> dict:
+    """Train on `config.data`, write `config.out`; returns steps, final loss, seconds and what was resumed."""
+    import torch
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from rsagent.policies.qwen import load_processor, load_qwen_model
+
+    started = time.perf_counter()
+    config.check()
+    rows = load_rows(config.data)  # every refusal about the data comes before any model is loaded
+    min_pixels, max_pixels = pixel_limits(export_frame(config.data), config.min_pixels, config.max_pixels)
+    check_pixels(rows, config.data, min_pixels, max_pixels)
+    config = _resolved(config, min_pixels, max_pixels)
+    out = Path(config.out)
+    checkpoint = _prepare_out(out, config)
+    eval_dataset = _eval_dataset(config)
+    set_seed(config.seed)
+    args = _training_args(config)  # before the model: under ZeRO-3 from_pretrained then partitions as it loads
+    processor = load_processor(config.model, min_pixels, max_pixels)
+    model = load_qwen_model(config.model, str(args.device), getattr(torch, config.dtype))
+    model.config.use_cache = False  # training; the rollout policy passes use_cache itself
+    if config.freeze_vision:
+        for param in model.model.visual.parameters():
+            param.requires_grad = False
+    if args.process_index == 0:
+        write_config(config, out / CONFIG_FILE)
+        if checkpoint is not None:
+            _truncate_log(out / LOG_FILE, int(Path(checkpoint).name.split("-")[-1]))
+    callbacks = [JSONLLogger(out), ConfigInCheckpoint(config)]
+    rollout = None
+    if eval_dataset is not None:
+        rollout = RolloutEval(config, eval_dataset, processor, config.eval_max_turns, min_pixels, max_pixels)
+        callbacks.append(rollout)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=processor,
+                         data_collator=SFTCollator(processor, config.data), peft_config=_lora(config),
+                         callbacks=callbacks)
+    if rollout is not None:
+        rollout.bind(trainer)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    _save_final(trainer, config, processor)
+    return {"steps": trainer.state.global_step, "train_loss": result.training_loss, "out": str(out),
+            "resumed_from": checkpoint, "rows": len(rows), "seconds": time.perf_counter() - started}
+
+
+def _resolved(config: SFTConfig, min_pixels: int, max_pixels: int) -> SFTConfig:
+    """Decide every "auto" so the written config says what actually ran."""
+    import torch
+
+    if config.device not in (None, "cpu", "cuda"):
+        raise RsagentError(f"device must be cpu or cuda, got {config.device!r} (pick GPUs with CUDA_VISIBLE_DEVICES)")
+    cuda = config.device != "cpu" and torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise RsagentError("device cuda: no CUDA device is available")
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
+    dtype = ("bfloat16" if bf16 else "float32") if config.dtype == "auto" else config.dtype
+    max_turns = config.eval_max_turns or export_max_turns(config.data) or 8
+    return replace(config, bf16=bf16, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
+                   eval_max_turns=max_turns)
+
+
+def _prepare_out(out: Path, config: SFTConfig) -> str | None:
+    """Check OUT against --resume; returns the checkpoint to continue from (None: a fresh run)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stored_path = out / CONFIG_FILE
+    used = out.is_dir() and any(out.iterdir())
+    if not config.resume:
+        if used:
+            what = "a training run" if stored_path.is_file() else "files"
+            raise RsagentError(f"{out} already holds {what}: pass --resume to continue it, or choose another --out")
+        return None
+    if not stored_path.is_file():
+        raise RsagentError(f"--resume: {out} holds no training run ({CONFIG_FILE} is missing)")
+    diff = resume_differences(read_config(stored_path), config)
+    if diff:
+        raise RsagentError(f"--resume: {out} holds a run with other settings (" + "; ".join(diff[:6])
+                           + "); resume with the same settings or choose another --out")
+    checkpoint = get_last_checkpoint(str(out))
+    if checkpoint is None:
+        raise RsagentError(f"--resume: {out} has no checkpoint-* yet; start again in a new --out")
+    return checkpoint
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Logs past the checkpoint belong to steps the resumed run does again: keep one line per step."""
+    if not path.is_file():
+        return
+    from rsagent.eval.results import atomic_write_text
+
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _eval_dataset(config: SFTConfig):
+    """The held-out dataset of the rollouts, listed once now so a wrong path fails before training."""
+    if not config.eval_steps:
+        return None
+    from rsagent.eval.run import DatasetSpec
+
+    root = config.eval_root
+    if root is None:
+        if config.eval_dataset != "shapes":
+            raise RsagentError(f"eval_dataset {config.eval_dataset} needs eval_root (--eval-root PATH)")
+        from rsagent.data.shapes import DEFAULT_ROOT
+
+        root = str(DEFAULT_ROOT)
+    spec = DatasetSpec.create(config.eval_dataset, root, config.eval_split, limit=config.eval_n)
+    if not spec.load():
+        raise RsagentError(f"eval dataset {config.eval_dataset} at {root} has no samples")
+    return spec
+
+
+def _training_args(config: SFTConfig):
+    from trl import SFTConfig as TRLConfig
+
+    return TRLConfig(
+        output_dir=config.out, max_steps=config.max_steps, num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.per_device_batch, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr, lr_scheduler_type=config.scheduler, warmup_steps=config.warmup,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, seed=config.seed, data_seed=config.seed,
+        bf16=bool(config.bf16), fp16=False, use_cpu=config.device == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        logging_steps=config.logging_steps, logging_first_step=True, save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=config.save_total_limit, report_to=["tensorboard"],
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=config.dataloader_workers,
+        # the rows are conversations with image paths: TRL's collator-side tokenisation, no truncation
+        assistant_only_loss=True, max_length=None, dataset_kwargs={"skip_prepare_dataset": True},
+        eval_strategy="no")
+
+
+def _lora(config: SFTConfig):
+    """LoRA on the language model's projections only (the vision tower has same-named layers)."""
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    names = "|".join(config.lora_target_modules)
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=rf".*\.language_model\..*\.({names})", task_type="CAUSAL_LM")
+
+
+def _save_final(trainer, config: SFTConfig, processor) -> None:
+    """OUT/ holds full weights and the processor; with LoRA, OUT/adapter/ the adapter and OUT/ the merge."""
+    import torch
+
+    from rsagent.policies.qwen import load_qwen_model
+
+    out = Path(config.out)
+    if not config.lora:
+        trainer.save_model(str(out))  # gathers ZeRO-3 shards; writes the processor too
+    else:
+        trainer.save_model(str(out / ADAPTER_DIR))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():  # merge on one process, from the base weights on the CPU
+            from peft import PeftModel
+
+            base = load_qwen_model(config.model, "cpu", getattr(torch, config.dtype))
+            merged = PeftModel.from_pretrained(base, str(out / ADAPTER_DIR)).merge_and_unload()
+            merged.save_pretrained(str(out))
+            processor.save_pretrained(str(out))
+    if trainer.is_world_process_zero():
+        write_config(config, out / CONFIG_FILE)
+    trainer.accelerator.wait_for_everyone()
+
+
+__all__ = ["ADAPTER_DIR", "EVAL_DIR", "train_sft"]
