@@ -40,7 +40,6 @@ def train_sft(config: SFTConfig) -> dict:
     """Train on `config.data`, write `config.out`; returns steps, final loss, seconds and what was resumed."""
     import torch
     from transformers import set_seed
-    from trl import SFTTrainer
 
     from rsagent.policies.qwen import load_processor, load_qwen_model
 
@@ -70,7 +69,7 @@ def train_sft(config: SFTConfig) -> dict:
     if eval_dataset is not None:
         rollout = RolloutEval(config, eval_dataset, processor, config.eval_max_turns, min_pixels, max_pixels)
         callbacks.append(rollout)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=processor,
+    trainer = _trainer_class()(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=processor,
                          data_collator=SFTCollator(processor, config.data), peft_config=_lora(config),
                          callbacks=callbacks)
     if rollout is not None:
@@ -79,6 +78,35 @@ def train_sft(config: SFTConfig) -> dict:
     _save_final(trainer, config, processor)
     return {"steps": trainer.state.global_step, "train_loss": result.training_loss, "out": str(out),
             "resumed_from": checkpoint, "rows": len(rows), "seconds": time.perf_counter() - started}
+
+
+def _trainer_class():
+    """TRL's SFTTrainer, resuming full weights through the model's own loader.
+
+    transformers 5 writes a checkpoint's weights under the hub's key names (`save_pretrained`'s
+    `save_original_format`) but `Trainer._load_from_checkpoint` reads them back with a plain
+    `load_state_dict`, which matches none of Qwen2.5-VL's runtime names: a resumed run would go on from
+    the base weights with only a warning. `load_qwen_model` converts the names; a mismatch is an error.
+    LoRA adapters (peft's own format), DeepSpeed and FSDP checkpoints take the trainer's usual path.
+    """
+    from trl import SFTTrainer
+
+    class Trainer(SFTTrainer):
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            import torch
+
+            from rsagent.core.weights import WEIGHT_FILES
+            from rsagent.policies.qwen import load_qwen_model
+
+            model = model if model is not None else self.model
+            folder = Path(resume_from_checkpoint)
+            if hasattr(model, "peft_config") or not any((folder / n).is_file() for n in WEIGHT_FILES):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            saved = load_qwen_model(str(folder), "cpu", next(model.parameters()).dtype)
+            with torch.no_grad():
+                model.load_state_dict(saved.state_dict(), strict=True)
+
+    return Trainer
 
 
 def _resolved(config: SFTConfig, min_pixels: int, max_pixels: int) -> SFTConfig:
