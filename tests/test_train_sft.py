@@ -307,3 +307,15 @@ def test_a_frame_mismatch_is_refused(tiny, export, tmp_path):
     Image.new("RGB", (100, 100)).save(data / rel)
     with pytest.raises(RsagentError, match="frame mismatch.*100x100.*resize to 112x112"):
         train_sft(load_sft_config(None, data=str(data), model=str(tiny[0]), out=str(tmp_path / "o"), **SMALL))
+
+
+def test_the_shipped_configs_load():
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    loaded = {p.stem: load_sft_config(p) for p in sorted(configs.glob("sft_*.yaml"))}
+    assert set(loaded) == {"sft_shapes_cpu", "sft_qwen7b_full", "sft_qwen7b_lora"}
+    assert loaded["sft_shapes_cpu"].device == "cpu" and not loaded["sft_shapes_cpu"].lora
+    assert loaded["sft_qwen7b_lora"].lora and not loaded["sft_qwen7b_full"].lora
+    zero3 = yaml.safe_load((configs / "accelerate" / "zero3.yaml").read_text())
+    assert zero3["distributed_type"] == "DEEPSPEED" and zero3["deepspeed_config"]["zero_stage"] == 3

@@ -36,18 +36,21 @@ class JSONLLogger(TrainerCallback):
     def __init__(self, out: str | Path) -> None:
         self.path = Path(out) / LOG_FILE
         self._last: tuple[float, int] | None = None
+        self._paused = 0.0  # seconds of rollouts since the last loss log: not training time
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), state.num_input_tokens_seen)
+        self._paused = 0.0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         row = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        self._paused += float(logs.get("eval_rollout_seconds", 0.0))
         if self._last is not None and tokens > self._last[1] and "loss" in logs:
-            row["tokens_per_second"] = (tokens - self._last[1]) / max(now - self._last[0], 1e-9)
-            self._last = (now, tokens)
+            row["tokens_per_second"] = (tokens - self._last[1]) / max(now - self._last[0] - self._paused, 1e-9)
+            self._last, self._paused = (now, tokens), 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -110,6 +113,7 @@ class RolloutEval(TrainerCallback):
         if out.exists():  # left by a run that stopped before its next checkpoint: this run redoes it
             shutil.rmtree(out)
         net = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers stay active
+        started = time.perf_counter()
         summary = evaluate(
             self.dataset, out, policy_factory=partial(self._policy, net),
             segmenter_factory=partial(make_segmenter, cfg.eval_segmenter),
@@ -121,7 +125,7 @@ class RolloutEval(TrainerCallback):
         well_formed = (turns - int(tools.get("invalid") or 0)) / turns if turns else 0.0
         return {"eval_rollout_gIoU": summary["gIoU"], "eval_rollout_cIoU": summary["cIoU"],
                 "eval_rollout_well_formed": well_formed, "eval_rollout_turns": turns / max(1, summary["n"]),
-                "eval_rollout_failed": summary["failed"]}
+                "eval_rollout_failed": summary["failed"], "eval_rollout_seconds": time.perf_counter() - started}
 
     def _policy(self, net):
         from rsagent.policies.qwen import QwenConfig, QwenPolicy

@@ -222,7 +222,10 @@ def _save_final(trainer, config: SFTConfig, processor) -> None:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():  # merge on one process, from the base weights on the CPU
             from peft import PeftModel
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+            # training is over: a ZeRO-3 run must not partition this one-process load (it would wait for the others)
+            unset_hf_deepspeed_config()
             base = load_qwen_model(config.model, "cpu", getattr(torch, config.dtype))
             merged = PeftModel.from_pretrained(base, str(out / ADAPTER_DIR)).merge_and_unload()
             merged.save_pretrained(str(out))
