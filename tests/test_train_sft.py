@@ -173,7 +173,13 @@ def test_train_logs_checkpoints_evaluates_and_saves_a_loadable_folder(tiny, expo
     assert 0.0 <= rollout[0]["eval_rollout_well_formed"] <= 1.0 and "eval_rollout_cIoU" in rollout[0]
     summary = json.loads((out / "evals" / "step-2" / "summary.json").read_text())
     assert summary["n"] == 2 and summary["gIoU"] == rollout[0]["eval_rollout_gIoU"]
-    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (out / "runs").rglob("events.out.tfevents.*")
+    board = EventAccumulator(str(events))
+    board.Reload()
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/rollout_gIoU",
+            "eval/rollout_well_formed"} <= set(board.Tags()["scalars"])
     saved = (out / CONFIG_FILE).read_text()
     assert "max_pixels: 12544" in saved and "bf16: false" in saved  # resolved, not "auto"
     assert (out / "checkpoint-2" / CONFIG_FILE).read_text() == saved

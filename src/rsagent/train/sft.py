@@ -33,7 +33,6 @@ from rsagent.train.sft_data import (
 )
 
 ADAPTER_DIR = "adapter"
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def train_sft(config: SFTConfig) -> dict:
@@ -70,8 +69,8 @@ def train_sft(config: SFTConfig) -> dict:
         rollout = RolloutEval(config, eval_dataset, processor, config.eval_max_turns, min_pixels, max_pixels)
         callbacks.append(rollout)
     trainer = _trainer_class()(model=model, args=args, train_dataset=sft_dataset(rows), processing_class=processor,
-                         data_collator=SFTCollator(processor, config.data), peft_config=_lora(config),
-                         callbacks=callbacks)
+                               data_collator=SFTCollator(processor, config.data), peft_config=_lora(config),
+                               callbacks=callbacks)
     if rollout is not None:
         rollout.bind(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
