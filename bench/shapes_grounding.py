@@ -27,7 +27,7 @@ import torch
 
 from rsagent.core.frames import SmartResizeFrame
 from rsagent.data.shapes import queries as Q
-from rsagent.data.shapes.generate import rng_for
+from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import SceneConfig, sample_scene
 from rsagent.env.prompt import user_text
 from rsagent.policies.chat import render_chat
@@ -45,7 +45,8 @@ def answer(box) -> str:
 def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: int = 2) -> list[dict]:
     """Every single-target attribute query of one scene: image, query, target id, all shapes' boxes."""
     rng = rng_for(split, index)
-    scene = sample_scene(rng, SceneConfig(size=size, min_shapes=min_shapes, max_shapes=max_shapes))
+    banned = frozenset(HELD_OUT_PAIRS) if split == "train" else frozenset()  # as the train split draws them
+    scene = sample_scene(rng, SceneConfig(size=size, min_shapes=min_shapes, max_shapes=max_shapes), banned=banned)
     boxes = [s.box for s in scene.shapes]
     items = []
     for s in scene.shapes:
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=600, help="held-out test samples")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=250,
+                        help="steps between quick checks on the first 200 held-out queries (0: none)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads spin and run slower)")
     args = parser.parse_args()
@@ -217,6 +220,11 @@ def main() -> None:
             rec = {"step": step, "samples": seen, "scenes": scene_index, "seconds": round(elapsed, 1),
                    "loss": round(loss.item(), 4), "lr": lr, "max_shapes": max_shapes,
                    "tokens": int(inputs["attention_mask"].sum()) / len(items)}
+            if args.eval_every and step % args.eval_every == 0:
+                model.eval()
+                quick = evaluate(model, processor, evals[:200], frame)
+                model.train()
+                rec.update(quick_picked=round(quick["picked"]["mean"], 3), quick_iou=round(quick["iou"]["mean"], 3))
             log.write(json.dumps(rec) + "\n"); log.flush()
             print(rec, flush=True)
     train_s = time.perf_counter() - start

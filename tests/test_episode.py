@@ -372,7 +372,7 @@ def test_messages_alternate_roles(make_episode):
     roles = [m["role"] for m in msgs]
     assert roles == ["system", "user"] + ["assistant", "tool"] * len(traj.turns)
     assert msgs[0]["content"] == [{"type": "text", "text": ep.system_prompt}]
-    assert msgs[1]["content"] == [{"type": "image", "ref": ImageRef(0)}, {"type": "text", "text": ep.user_text}]
+    assert msgs[1]["content"] == [{"type": "text", "text": ep.user_text}, {"type": "image", "ref": ImageRef(0)}]
     assert ep.user_text == "Query: the broccoli\nThe image (view 0) is 640x480 pixels."
     for turn, a, t in zip(traj.turns, msgs[2::2], msgs[3::2]):
         assert a["content"] == [{"type": "text", "text": turn.assistant}]

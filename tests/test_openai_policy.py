@@ -254,7 +254,7 @@ def test_batch_of_real_episodes_runs_concurrently_to_good_masks(server, tasks, s
 
     def respond(record: dict) -> dict:
         messages = record["body"]["messages"]
-        query = re.search(r"Query: (.*)\n", messages[1]["content"][-1]["text"]).group(1)
+        query = re.search(r"Query: (.*)\n", messages[1]["content"][0]["text"]).group(1)
         turn = sum(m["role"] == "assistant" for m in messages)
         if turn == 0:
             server.barrier.wait()  # all first-turn requests are in flight at once, or this breaks
@@ -284,17 +284,17 @@ def test_batch_of_real_episodes_runs_concurrently_to_good_masks(server, tasks, s
         h, w = task.image.shape[:2]
         size = policy.frame.display_size(w, h)
         assert traj.views[0].size == size
-        mine = [r for r in server.requests if task.query in r["body"]["messages"][1]["content"][-1]["text"]]
+        mine = [r for r in server.requests if task.query in r["body"]["messages"][1]["content"][0]["text"]]
         assert len(mine) == 2
         for r in mine:
             assert r["headers"]["authorization"] == f"Bearer {SECRET}"
             assert all(fmt == "PNG" and s == size for msg in r["images"] for fmt, s, _ in msg)
 
-        # the second turn: system, user (image, text), the first answer verbatim, the tool response
+        # the second turn: system, user (text, image), the first answer verbatim, the tool response
         second = mine[1]["body"]["messages"]
         assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
         assert "<tools>" in second[0]["content"] and second[0]["content"] == traj.system_prompt
-        assert second[1]["content"][0]["type"] == "image_url" and second[1]["content"][1]["text"] == traj.user_text
+        assert second[1]["content"][1]["type"] == "image_url" and second[1]["content"][0]["text"] == traj.user_text
         assert second[2]["content"] == first[task.query]
         parts = second[3]["content"]
         assert [p["type"] for p in parts] == ["text", "image_url", "text"]
@@ -429,7 +429,7 @@ def test_one_failed_request_fails_only_its_episode(server, tasks, segmenter):
 
     def respond(record: dict) -> dict:
         messages = record["body"]["messages"]
-        query = re.search(r"Query: (.*)\n", messages[1]["content"][-1]["text"]).group(1)
+        query = re.search(r"Query: (.*)\n", messages[1]["content"][0]["text"]).group(1)
         if query == tasks[1].query:
             return {"status": 400, "json": {"error": {"message": "image too large"}}}
         return ok(SUBMIT if any(m["role"] == "assistant" for m in messages) else first[query])

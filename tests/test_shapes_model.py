@@ -26,6 +26,10 @@ def small(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes-model")
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from rsagent.policies.qwen import save_pixel_limits
+    from rsagent.shapes_model import MAX_PIXELS
+
+    save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
     return out, model, processor, describe(model, processor)
 
 
@@ -70,3 +74,60 @@ def test_the_folder_runs_an_episode_through_the_cli(small, tmp_path, capsys):
     assert code == 0 and "turns=2" in out and "end=" in out
     traj = json.loads((tmp_path / "run" / "trajectory.json").read_text())
     assert len(traj["turns"]) == 2 and traj["final"]["reason"] in ("budget", "submit")
+
+
+def test_the_folder_s_pixel_limits_are_the_policy_s_unless_overridden(small):
+    from rsagent.policies.qwen import QwenConfig, QwenPolicy
+    from rsagent.shapes_model import MAX_PIXELS
+
+    folder = small[0]
+    policy = QwenPolicy(QwenConfig(model=str(folder)))
+    assert policy.config.max_pixels == MAX_PIXELS == policy.frame.max_pixels
+    assert policy.processor.image_processor.size["longest_edge"] == MAX_PIXELS
+    # a big view is shown at the trained size, not at Qwen's default limit
+    assert policy.frame.display_size(1000, 1000) == (112, 112)
+    wider = QwenPolicy(QwenConfig(model=str(folder), max_pixels=4 * MAX_PIXELS), model=small[1])
+    assert wider.frame.max_pixels == 4 * MAX_PIXELS and wider.frame.display_size(1000, 1000) == (224, 224)
+
+
+def test_token_labels_follow_the_scene_graph():
+    import numpy as np
+
+    from rsagent.data.shapes.generate import rng_for
+    from rsagent.data.shapes.scene import COLOURS, KINDS, SceneConfig, sample_scene
+    from rsagent.shapes_vision import SUB, token_labels
+
+    for index in range(5):
+        scene = sample_scene(rng_for("val", index), SceneConfig(size=112))
+        col, kind, occ = token_labels(scene, 28)
+        assert col.shape == (16, len(COLOURS) + 1) and kind.shape == (16, len(KINDS) + 1) and occ.shape == (16, SUB * SUB)
+        np.testing.assert_allclose(col.sum(1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(kind.sum(1), 1.0, atol=1e-5)
+        covered = np.any([s.mask for s in scene.shapes], axis=0)
+        for r in range(4):
+            for c in range(4):
+                block = covered[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28]
+                assert abs(col[r * 4 + c, -1] - (1 - block.mean())) < 1e-5  # background share
+                assert abs(occ[r * 4 + c].mean() - block.mean()) < 1e-5
+        # each shape's pixels are counted under its own colour and kind
+        s = max(scene.shapes, key=lambda s: s.mask.sum())
+        share = sum(s.mask[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].mean() for r in range(4) for c in range(4))
+        assert col[:, list(COLOURS).index(s.colour)].sum() >= share - 1e-5
+
+
+def test_vision_pretraining_learns_the_colours_and_touches_only_the_vision_tower(small):
+    import torch
+
+    from rsagent.shapes_model import build_shapes_model, corpus
+    from rsagent.shapes_vision import pretrain_vision
+
+    model, processor = build_shapes_model(seed=0, texts=corpus(n_samples=20, n_episodes=1))
+    text_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".visual." not in n}
+    vision_before = model.model.visual.patch_embed.proj.weight.detach().clone()
+    torch.set_num_threads(1)
+    log = pretrain_vision(model, processor, steps=150, batch=16)
+    assert [r["step"] for r in log][-1] == 150 and all(r["seconds"] >= 0 for r in log)
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["colour_acc"] > 0.5  # chance among 8 colours is 1/8
+    assert not torch.equal(model.model.visual.patch_embed.proj.weight, vision_before)
+    assert all(torch.equal(p, text_before[n]) for n, p in model.named_parameters() if ".visual." not in n)

@@ -73,14 +73,13 @@ def build_policy(args: argparse.Namespace) -> Policy:
 
         return OraclePolicy(OracleConfig(seed=args.seed, box_jitter=args.box_jitter))
     if args.policy == "qwen":
-        from rsagent.core.frames import QWEN_DEFAULT_MAX_PIXELS
         from rsagent.policies.qwen import DEFAULT_MODEL, QwenConfig, QwenPolicy
 
         if args.max_new_tokens < 1:
             raise RsagentError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         return QwenPolicy(QwenConfig(
             model=args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, temperature=args.temperature,
-            top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels or QWEN_DEFAULT_MAX_PIXELS,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels,
             reuse_cache=not args.no_kv_reuse, seed=args.seed))
     if args.policy == "openai":
         from rsagent.policies.openai_compat import OpenAIConfig, OpenAIPolicy

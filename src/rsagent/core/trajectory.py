@@ -129,13 +129,15 @@ class Trajectory:
 
 
 def chat_messages(system_prompt: str, user_text: str, turns: list[Turn]) -> list[dict]:
-    """System, user (image 0 + text), then per turn the assistant's answer and the tool's observation.
+    """System, user (text, then image 0), then per turn the assistant's answer and the tool's observation.
 
+    The query comes before the image so that, in a causal model, the image tokens can attend to it:
+    on shapes a from-scratch model learned to ground the query only in this order (docs/shapes.md).
     Image parts are {"type": "image", "ref": ImageRef}; whoever shows them renders the reference.
     """
     msgs: list[dict] = [
         {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-        {"role": "user", "content": [{"type": "image", "ref": ImageRef(0)}, {"type": "text", "text": user_text}]},
+        {"role": "user", "content": [{"type": "text", "text": user_text}, {"type": "image", "ref": ImageRef(0)}]},
     ]
     for turn in turns:
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.assistant}]})

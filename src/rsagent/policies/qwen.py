@@ -16,9 +16,10 @@ does not resize them and the model's absolute coordinates are the view's pixels.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
@@ -46,6 +47,8 @@ _END = "<|im_end|>\n"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+# written beside a model trained or built by this project: the pixel limits its views were shown at
+PIXEL_LIMITS_FILE = "rsagent_pixels.json"
 _HOW = ("pass a local folder holding a transformers Qwen2.5-VL checkpoint (config.json, model.safetensors, "
         "tokenizer files) with --model DIR (Python: QwenConfig(model=DIR))")
 
@@ -67,8 +70,10 @@ class QwenConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     max_new_tokens: int = 512
-    min_pixels: int = QWEN_MIN_PIXELS
-    max_pixels: int = QWEN_DEFAULT_MAX_PIXELS  # per image, as the processor's longest_edge
+    # per image, as the processor's shortest/longest edge; None: the limits the model folder records
+    # (PIXEL_LIMITS_FILE, written by `shapes model` and `train`), else Qwen2.5-VL's defaults
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     reuse_cache: bool = True
     seed: int = 0
 
@@ -106,6 +111,22 @@ def load_processor(model: str, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: in
 
     return load_pretrained(load, model, what="Qwen2.5-VL model", how=_HOW, model_types=("qwen2_5_vl",),
                            need_weights=need_weights)
+
+
+def pixel_limits(model: str, min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[int, int]:
+    """(min_pixels, max_pixels): the explicit values, else what the model folder records, else the defaults."""
+    saved = {}
+    path = Path(model) / PIXEL_LIMITS_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+    return (min_pixels or int(saved.get("min_pixels", QWEN_MIN_PIXELS)),
+            max_pixels or int(saved.get("max_pixels", QWEN_DEFAULT_MAX_PIXELS)))
+
+
+def save_pixel_limits(folder: str | Path, min_pixels: int, max_pixels: int) -> None:
+    """Record the limits a model was trained (or built) for, so `--policy qwen --model DIR` uses them."""
+    (Path(folder) / PIXEL_LIMITS_FILE).write_text(
+        json.dumps({"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}) + "\n")
 
 
 def load_qwen_model(model: str, device: str, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
@@ -146,7 +167,8 @@ class QwenPolicy(Policy):
     name = "qwen"
 
     def __init__(self, config: QwenConfig = QwenConfig(), model=None, processor: QwenVLProcessor | None = None) -> None:
-        self.config = config
+        min_pixels, max_pixels = pixel_limits(config.model, config.min_pixels, config.max_pixels)
+        self.config = config = replace(config, min_pixels=min_pixels, max_pixels=max_pixels)
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if config.dtype is not None and config.dtype not in _DTYPES:
             raise ModelLoadError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(_DTYPES)}")

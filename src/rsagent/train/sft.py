@@ -211,7 +211,7 @@ def _save_final(trainer, config: SFTConfig, processor) -> None:
     """OUT/ holds full weights and the processor; with LoRA, OUT/adapter/ the adapter and OUT/ the merge."""
     import torch
 
-    from rsagent.policies.qwen import load_qwen_model
+    from rsagent.policies.qwen import load_qwen_model, save_pixel_limits
 
     out = Path(config.out)
     if not config.lora:
@@ -231,6 +231,7 @@ def _save_final(trainer, config: SFTConfig, processor) -> None:
             processor.save_pretrained(str(out))
     if trainer.is_world_process_zero():
         write_config(config, out / CONFIG_FILE)
+        save_pixel_limits(out, config.min_pixels, config.max_pixels)  # `--policy qwen --model OUT` shows views as trained
     trainer.accelerator.wait_for_everyone()
 
 

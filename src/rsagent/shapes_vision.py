@@ -1,0 +1,102 @@
+"""Perception pretraining of the shapes model's vision tower on labels read off the scene graph.
+
+    rsagent shapes model --out DIR --vision-steps 1500      (random init, then this stage)
+
+Why: a 2.4M-parameter Qwen2.5-VL trained from random weights through its language model alone did not
+learn even the colour of a lone shape in 600 steps (docs/shapes.md), while the same vision tower with
+a linear head on its tokens learns it in about 100. The gradient that reaches a random vision tower
+through a random language model is too weak to start from. This stage plays the part Qwen2.5-VL's
+pretrained vision encoder plays for the 7B: before any agent training, each visual token already
+says what it covers. Nothing here sees a query, a box or an answer.
+
+Each merged visual token (28x28 pixels of a 112 px scene) is trained, through a linear head that is
+then thrown away, to predict from the scene graph: the share of its pixels of each colour and of
+each kind (background a class of its own), and which cells of a 4x4 sub-grid any shape covers.
+Scenes are `train` scenes under the same held-out colour-kind pairs, so `test-novel` stays novel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
+from rsagent.data.shapes.scene import COLOURS, KINDS, Scene, SceneConfig, sample_scene
+
+SUB = 4  # occupancy sub-grid per token side
+_FIRST_SCENE = 5_000_000  # train seeds of this stage, far from those synthesis and the benches start at
+
+
+def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per token (row-major, `cell`-pixel squares): colour shares (+ background), kind shares
+    (+ background) and the sub-grid occupancy."""
+    n = scene.size // cell
+    owner = np.full((scene.size, scene.size), -1)
+    for s in scene.shapes:
+        owner[s.mask] = s.id
+    colours = list(COLOURS)
+    col = np.zeros((n * n, len(colours) + 1), np.float32)
+    kind = np.zeros((n * n, len(KINDS) + 1), np.float32)
+    occ = np.zeros((n * n, SUB * SUB), np.float32)
+    for r in range(n):
+        for c in range(n):
+            block, i = owner[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell], r * n + c
+            for s in scene.shapes:
+                share = float((block == s.id).mean())
+                col[i, colours.index(s.colour)] += share
+                kind[i, KINDS.index(s.kind)] += share
+            background = float((block < 0).mean())
+            col[i, -1] += background
+            kind[i, -1] += background
+            occ[i] = (block >= 0).reshape(SUB, cell // SUB, SUB, cell // SUB).mean((1, 3)).reshape(-1)
+    return col, kind, occ
+
+
+def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                    size: int = 112, log: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps)."""
+    import torch
+    import torch.nn.functional as F
+
+    visual = model.model.visual
+    merge = model.config.vision_config.spatial_merge_size * model.config.vision_config.patch_size
+    torch.manual_seed(seed)
+    n_col, n_kind = len(COLOURS) + 1, len(KINDS) + 1
+    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + SUB * SUB)
+    opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
+    banned = frozenset(HELD_OUT_PAIRS)
+    visual.train()
+    records, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:  # warm-up, then cosine to a tenth
+            group["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.45 * (1 + np.cos(np.pi * step / steps)))
+        first = _FIRST_SCENE + seed * 10_000_000 + (step - 1) * batch
+        scenes = [sample_scene(rng_for("train", first + j), SceneConfig(size=size), banned=banned)
+                  for j in range(batch)]
+        labels = [token_labels(s, merge) for s in scenes]
+        col, kind, occ = (torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in range(3))
+        inputs = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")
+        tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        out = head(torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens)
+        a, b = n_col, n_col + n_kind
+        loss = (-(col * F.log_softmax(out[:, :a], -1)).sum(-1).mean()
+                - (kind * F.log_softmax(out[:, a:b], -1)).sum(-1).mean()
+                + F.binary_cross_entropy_with_logits(out[:, b:], occ))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == steps:
+            shape = col[:, -1] < 0.5  # tokens mostly covered by shapes: the accuracy that matters
+            with torch.no_grad():
+                hit_col = (out[:, :a].argmax(-1) == col.argmax(-1))[shape].float().mean()
+                hit_kind = (out[:, a:b].argmax(-1) == kind.argmax(-1))[shape].float().mean()
+            rec = {"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 4),
+                   "colour_acc": round(float(hit_col), 3), "kind_acc": round(float(hit_kind), 3)}
+            records.append(rec)
+            if log:
+                log(rec)
+    visual.eval()
+    return records
