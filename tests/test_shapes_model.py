@@ -18,19 +18,12 @@ from rsagent.policies.qwen_random import ADDED_TOKENS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A shapes model built from a small corpus (the CLI builds the full one), saved and described."""
-    from rsagent.shapes_model import build_shapes_model, corpus, describe
+def small(small_shapes_model):
+    """The shared small shapes model (conftest), with its description."""
+    from rsagent.shapes_model import describe
 
-    model, processor = build_shapes_model(seed=0, texts=corpus(n_samples=40, n_episodes=3))
-    out = tmp_path_factory.mktemp("shapes-model")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    from rsagent.policies.qwen import save_pixel_limits
-    from rsagent.shapes_model import MAX_PIXELS
-
-    save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
-    return out, model, processor, describe(model, processor)
+    folder, model, processor = small_shapes_model
+    return folder, model, processor, describe(model, processor)
 
 
 class _NoSegmenter:

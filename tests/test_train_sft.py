@@ -36,15 +36,9 @@ SMALL = dict(per_device_batch=2, lr=2e-3, gradient_checkpointing=False, logging_
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The shapes model from a small corpus (as tests/test_shapes_model.py builds it), saved once."""
-    from rsagent.shapes_model import build_shapes_model, corpus
-
-    model, processor = build_shapes_model(seed=0, texts=corpus(n_samples=40, n_episodes=3))
-    out = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out, model, processor
+def tiny(small_shapes_model):
+    """The shared small shapes model (conftest): (folder, model, processor)."""
+    return small_shapes_model
 
 
 @pytest.fixture(scope="module")
