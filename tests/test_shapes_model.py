@@ -108,7 +108,8 @@ def test_token_labels_follow_the_scene_graph():
         assert col[:, list(COLOURS).index(s.colour)].sum() >= share - 1e-5
 
 
-def test_vision_pretraining_learns_the_colours_and_touches_only_the_vision_tower(small):
+@pytest.mark.parametrize("aligned", [False, True])
+def test_vision_pretraining_learns_the_colours_and_touches_only_the_vision_tower(aligned):
     import torch
 
     from rsagent.shapes_model import build_shapes_model, corpus
@@ -118,7 +119,7 @@ def test_vision_pretraining_learns_the_colours_and_touches_only_the_vision_tower
     text_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".visual." not in n}
     vision_before = model.model.visual.patch_embed.proj.weight.detach().clone()
     torch.set_num_threads(1)
-    log = pretrain_vision(model, processor, steps=150, batch=16)
+    log = pretrain_vision(model, processor, steps=150, batch=16, aligned=aligned)
     assert [r["step"] for r in log][-1] == 150 and all(r["seconds"] >= 0 for r in log)
     assert log[-1]["loss"] < log[0]["loss"]
     assert log[-1]["colour_acc"] > 0.5  # chance among 8 colours is 1/8

@@ -117,6 +117,8 @@ def _add_shapes_parser(sub) -> None:
     model.add_argument("--vision-steps", type=int, default=0,
                        help="then pretrain the vision tower on scene-graph labels for N steps of 32 scenes "
                             "(rsagent.shapes_vision; about 0.4 s a step on one core; default 0: random weights)")
+    model.add_argument("--aligned", action="store_true",
+                       help="score the vision labels against the model's own colour and kind word embeddings")
 
 
 def _add_train_parser(sub) -> None:
@@ -182,7 +184,7 @@ def _shapes(args: argparse.Namespace) -> int:
 
         if args.vision_steps < 0:
             raise RsagentError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
-        info = save_shapes_model(args.out, args.seed, args.vision_steps)
+        info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

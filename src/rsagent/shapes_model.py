@@ -166,7 +166,8 @@ def _number_embeddings(model, tokenizer) -> None:
                 emb[tokenizer.convert_tokens_to_ids(form)] += row
 
 
-def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, progress: bool = True) -> dict:
+def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
+                      progress: bool = True) -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
     scene graph, `shapes_vision`), tokenizer, image processor and template to `out`; returns its description."""
     out = Path(out)
@@ -179,13 +180,13 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, pro
     if vision_steps > 0:
         from rsagent.shapes_vision import pretrain_vision
 
-        vision_log = pretrain_vision(model, processor, vision_steps, seed=seed,
+        vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned,
                                      log=(lambda r: print(json.dumps(r), flush=True)) if progress else None)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
     info = describe(model, processor)
-    (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps,
+    (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,
                                                        "vision_log": vision_log}, indent=1) + "\n")
     return info
 

@@ -13,6 +13,11 @@ Each merged visual token (28x28 pixels of a 112 px scene) is trained, through a 
 then thrown away, to predict from the scene graph: the share of its pixels of each colour and of
 each kind (background a class of its own), and which cells of a 4x4 sub-grid any shape covers.
 Scenes are `train` scenes under the same held-out colour-kind pairs, so `test-novel` stays novel.
+
+With `aligned=True` the colour and kind classes are scored against the language model's own input
+embeddings of the words (" red", " circle", ...; cosine, frozen here), so a token that covers a red
+circle is pushed towards where the model's "red" and "circle" already point: what the language side
+reads off a visual token starts out in its own vocabulary.
 """
 
 from __future__ import annotations
@@ -54,8 +59,42 @@ def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return col, kind, occ
 
 
+class _WordHead:
+    """Class scores as cosines with the language model's embeddings of the class words (+ a learned
+    background vector), times a learned scale; the occupancy through a plain linear layer."""
+
+    def __init__(self, model, tokenizer, n_occ: int) -> None:
+        import torch
+
+        emb = model.get_input_embeddings().weight.detach()
+
+        def rows(words):
+            ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+            return torch.stack([emb[i].mean(0) for i in ids])  # a word of several tokens: their mean
+
+        dim = emb.shape[1]
+        self.colours, self.kinds = rows(list(COLOURS)), rows(KINDS)
+        self.background = torch.nn.Parameter(torch.randn(2, dim) * emb.std())
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+        self.occ = torch.nn.Linear(dim, n_occ)
+
+    def parameters(self) -> list:
+        return [self.background, self.scale, *self.occ.parameters()]
+
+    def __call__(self, tokens):
+        import torch
+        import torch.nn.functional as F
+
+        feats = F.normalize(tokens, dim=-1)
+        col = torch.cat([self.colours, self.background[:1]])
+        kind = torch.cat([self.kinds, self.background[1:]])
+        return torch.cat([self.scale * feats @ F.normalize(col, dim=-1).T,
+                          self.scale * feats @ F.normalize(kind, dim=-1).T, self.occ(tokens)], -1)
+
+
 def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
-                    size: int = 112, log: Callable[[dict], None] | None = None) -> list[dict]:
+                    size: int = 112, aligned: bool = False,
+                    log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps)."""
     import torch
     import torch.nn.functional as F
@@ -64,7 +103,10 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
     merge = model.config.vision_config.spatial_merge_size * model.config.vision_config.patch_size
     torch.manual_seed(seed)
     n_col, n_kind = len(COLOURS) + 1, len(KINDS) + 1
-    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + SUB * SUB)
+    if aligned:
+        head = _WordHead(model, processor.tokenizer, SUB * SUB)
+    else:
+        head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + SUB * SUB)
     opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
     banned = frozenset(HELD_OUT_PAIRS)
     visual.train()
