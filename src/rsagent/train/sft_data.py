@@ -59,22 +59,29 @@ def _checked(row: dict, root: Path, where: str) -> dict:
     return {"messages": row["messages"], "images": row["images"], "sample_id": str(row.get("sample_id", where))}
 
 
-def export_frame(data_dir: str | Path) -> dict | None:
-    """The coordinate frame the export was synthesized with (run.json), or None for an export without one."""
+def _synth_config(data_dir: str | Path) -> dict | None:
+    """The synthesis settings the export was made with (run.json), or None for an export without one."""
     path = Path(data_dir) / RUN_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["config"]["synth"]["frame"]
+        return json.loads(path.read_text(encoding="utf-8"))["config"]["synth"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise RsagentError(f"{path}: cannot read the synthesis frame ({type(exc).__name__}: {exc})") from None
+        raise RsagentError(f"{path}: cannot read the synthesis settings ({type(exc).__name__}: {exc})") from None
+
+
+def export_frame(data_dir: str | Path) -> dict | None:
+    """The coordinate frame the export was synthesized with, or None for an export without run.json."""
+    synth = _synth_config(data_dir)
+    if synth is None:
+        return None
+    if "frame" not in synth:
+        raise RsagentError(f"{Path(data_dir) / RUN_FILE}: cannot read the synthesis frame (no 'frame')")
+    return synth["frame"]
 
 
 def export_max_turns(data_dir: str | Path) -> int | None:
-    path = Path(data_dir) / RUN_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("config", {}).get("synth", {}).get("max_turns")
+    return (_synth_config(data_dir) or {}).get("max_turns")
 
 
 def pixel_limits(frame: dict | None, min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
