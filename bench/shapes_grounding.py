@@ -31,7 +31,7 @@ from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import SceneConfig, sample_scene
 from rsagent.env.prompt import user_text
 from rsagent.policies.chat import render_chat
-from rsagent.policies.qwen import load_processor, load_qwen_model
+from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits, save_pixel_limits
 from rsagent.shapes_model import build_shapes_model, describe
 
 _BOX = re.compile(r'"box": \[(\d+), (\d+), (\d+), (\d+)\]')
@@ -54,8 +54,36 @@ def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: 
         if programs:
             program = programs[int(rng.integers(len(programs)))]
             items.append({"image": scene.image, "query": Q.text(program), "target": s.id, "boxes": boxes,
-                          "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1]})
+                          "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1],
+                          "cover": token_cover(s.mask, CELL)})
     return items
+
+
+CELL = 28  # pixels per merged visual token side (14 px patches merged 2x2)
+
+
+def token_cover(mask: np.ndarray, cell: int) -> np.ndarray:
+    """The share of each merged visual token's cell (row-major, as the tokens come) covered by `mask`."""
+    h, w = mask.shape
+    return mask[:h // cell * cell, :w // cell * cell].reshape(h // cell, cell, w // cell, cell).mean((1, 3)).reshape(-1)
+
+
+class MatchHead(torch.nn.Module):
+    """Auxiliary, thrown away after training: from the language model's hidden state at each visual
+    token (after `layer` layers), is this token part of the queried shape? It supervises the circuit
+    grounding needs (visual tokens that read the query, before them, and say whether they match it)
+    densely, at every visual token, instead of only through the four coordinates of the answer."""
+
+    def __init__(self, hidden: int, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.linear = torch.nn.Linear(hidden, 1)
+
+    def loss(self, hidden_states, inputs, items: list[dict], image_token_id: int):
+        states = hidden_states[self.layer][inputs["input_ids"] == image_token_id]  # (batch x tokens, hidden), in order
+        target = torch.from_numpy(np.concatenate([it["cover"] for it in items])).float()
+        logits = self.linear(states).squeeze(-1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
 def messages(item: dict, frame: SmartResizeFrame) -> list[dict]:
@@ -171,6 +199,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=250,
                         help="steps between quick checks on the first 200 held-out queries (0: none)")
+    parser.add_argument("--match-aux", type=float, default=1.0,
+                        help="weight of the auxiliary per-visual-token target loss (MatchHead; 0: none)")
+    parser.add_argument("--match-layer", type=int, default=2, help="the hidden state MatchHead reads (layers run)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads spin and run slower)")
     args = parser.parse_args()
@@ -179,7 +210,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.model:
-        processor = load_processor(args.model)
+        processor = load_processor(args.model, *pixel_limits(args.model))
         model = load_qwen_model(args.model, "cpu", torch.float32)
     else:
         model, processor = build_shapes_model(args.seed)
@@ -189,7 +220,9 @@ def main() -> None:
     evals = eval_items(args.eval, args.size)
     before = evaluate(model, processor, evals[:64], frame)
     torch.manual_seed(args.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    match = MatchHead(model.config.text_config.hidden_size, args.match_layer) if args.match_aux > 0 else None
+    params = list(model.parameters()) + (list(match.parameters()) if match else [])
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     budget = args.minutes * 60
     stages = [float(v) for v in args.curriculum.split(",")]
     log = (out / "log.jsonl").open("w")
@@ -208,17 +241,19 @@ def main() -> None:
         items, queue = queue[:args.batch], queue[args.batch:]
         ts = time.perf_counter()
         inputs = batch_inputs(processor, items, frame, with_answer=True)
-        loss = model(**inputs).loss
+        out_ = model(**inputs, output_hidden_states=match is not None)
+        loss = out_.loss
+        aux = match.loss(out_.hidden_states, inputs, items, model.config.image_token_id) if match else torch.zeros(())
         opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + args.match_aux * aux).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step_times.append(time.perf_counter() - ts)
         step += 1
         seen += len(items)
         if step % 25 == 0:
             rec = {"step": step, "samples": seen, "scenes": scene_index, "seconds": round(elapsed, 1),
-                   "loss": round(loss.item(), 4), "lr": lr, "max_shapes": max_shapes,
+                   "loss": round(loss.item(), 4), "match_loss": round(aux.item(), 4), "lr": lr, "max_shapes": max_shapes,
                    "tokens": int(inputs["attention_mask"].sum()) / len(items)}
             if args.eval_every and step % args.eval_every == 0:
                 model.eval()
@@ -234,6 +269,8 @@ def main() -> None:
     eval_s = time.perf_counter() - t1
     model.save_pretrained(out / "model")
     processor.save_pretrained(out / "model")
+    size = processor.image_processor.size  # the limits it was trained at: --policy qwen --model OUT/model shows views so
+    save_pixel_limits(out / "model", size["shortest_edge"], size["longest_edge"])
     result = {"command": "bench/shapes_grounding.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None),
               "model": describe(model, processor), "steps": step, "samples": seen, "train_scenes": scene_index,
               "seconds": {"build": round(build_s, 1), "train": round(train_s, 1), "eval": round(eval_s, 1)},

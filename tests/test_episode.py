@@ -433,3 +433,17 @@ def test_episode_rejects_bad_inputs(image, gt, segmenter):
         Episode(EpisodeTask(image[..., 0], "q"), segmenter)
     with pytest.raises(ValueError, match="does not match"):
         Episode(EpisodeTask(image, "q", gt=GroundTruth(gt.mask[:-1])), segmenter)
+
+
+def test_each_rejected_turn_says_whether_the_call_was_malformed_or_could_not_be_carried_out(make_episode):
+    ep = make_episode()
+    ep.step("<think>no call here</think> just words")  # no parseable call
+    ep.step(answer("segment", box=[1, 2, 3]))  # off the schema: a box has four numbers
+    ep.step(answer("refine", mask_id=9, points=[[300, 300]]))  # well-formed, but candidate 9 does not exist
+    ep.step(answer("segment", box=[300, 300, 300, 350]))  # an empty box: the arguments check rejects it too
+    ep.step(answer("segment", box=BOX))
+    assert [t.error_kind for t in ep.turns] == ["format", "arguments", "state", "arguments", None]
+    assert all((t.error is None) == (t.error_kind is None) for t in ep.turns)
+    traj = ep.trajectory()
+    again = Trajectory.from_dict(json.loads(json.dumps(traj.to_dict())))
+    assert [t.error_kind for t in again.turns] == ["format", "arguments", "state", "arguments", None]

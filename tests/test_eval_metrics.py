@@ -48,10 +48,32 @@ def test_empty_union_scores_one_and_drop_empty_leaves_it_out_of_giou():
     assert lisa.sample_iou(0, 0) == 1.0
     records = [{"I": 0, "U": 0, "IoU": 1.0}, {"I": 1, "U": 4, "IoU": 0.25}, {"I": 3, "U": 4, "IoU": 0.75}]
     a = aggregate(records, lisa)
+    assert a.pop("ci95")["resamples"] == 1000
     assert a == {"n": 3, "gIoU": pytest.approx(2.0 / 3, abs=1e-15), "cIoU": 0.5, "n_giou": 3,
                  "intersection": 4, "union": 8}
     d = aggregate(records, get_protocol("drop-empty"))
     assert d["n"] == 3 and d["n_giou"] == 2 and d["gIoU"] == 0.5 and d["cIoU"] == 0.5
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_samples():
+    rng = np.random.default_rng(1)
+    lisa = get_protocol("lisa")
+
+    def records(n):
+        u = rng.integers(50, 200, n)
+        i = (u * rng.uniform(0, 1, n)).astype(int)
+        return [{"I": int(a), "U": int(b), "IoU": a / b} for a, b in zip(i, u)]
+
+    small, large = aggregate(records(40), lisa), aggregate(records(4000), lisa)
+    for a in (small, large):
+        lo, hi = a["ci95"]["gIoU"]
+        assert lo < a["gIoU"] < hi
+        lo, hi = a["ci95"]["cIoU"]
+        assert lo < a["cIoU"] < hi
+    width = lambda a: a["ci95"]["gIoU"][1] - a["ci95"]["gIoU"][0]  # noqa: E731
+    assert width(large) < width(small) / 5  # ~1/sqrt(100) of it
+    assert abs(width(large) - 2 * 1.96 * 0.2887 / np.sqrt(4000)) < 0.004  # uniform IoUs: sd 1/sqrt(12)
+    assert aggregate(records(1), lisa)["ci95"]["gIoU"] is None
 
 
 def test_sums_are_exact_integers_and_order_does_not_matter():

@@ -164,9 +164,14 @@ def test_train_logs_checkpoints_evaluates_and_saves_a_loadable_folder(tiny, expo
         assert r["tokens_per_second"] > 0
     rollout = [r for r in log if "eval_rollout_gIoU" in r]
     assert len(rollout) == 1 and rollout[0]["step"] == 2
-    assert 0.0 <= rollout[0]["eval_rollout_well_formed"] <= 1.0 and "eval_rollout_cIoU" in rollout[0]
+    assert 0.0 <= rollout[0]["eval_rollout_valid"] <= rollout[0]["eval_rollout_well_formed"] <= 1.0
     summary = json.loads((out / "evals" / "step-2" / "summary.json").read_text())
     assert summary["n"] == 2 and summary["gIoU"] == rollout[0]["eval_rollout_gIoU"]
+    turns = summary["tools"]["total_turns"]
+    assert rollout[0]["eval_rollout_well_formed"] == (turns - summary["tools"]["malformed"]) / turns
+    assert rollout[0]["eval_rollout_valid"] == (turns - summary["tools"]["invalid"]) / turns
+    png = (out / "log.png").read_bytes()  # the curves, drawn when the run ends
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = (out / "runs").rglob("events.out.tfevents.*")

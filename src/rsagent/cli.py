@@ -119,6 +119,8 @@ def _add_shapes_parser(sub) -> None:
                             "(rsagent.shapes_vision; about 0.4 s a step on one core; default 0: random weights)")
     model.add_argument("--aligned", action="store_true",
                        help="score the vision labels against the model's own colour and kind word embeddings")
+    model.add_argument("--rescale-visual", action="store_true",
+                       help="after vision pretraining, shrink the visual tokens to the length of word embeddings")
 
 
 def _add_train_parser(sub) -> None:
@@ -184,7 +186,9 @@ def _shapes(args: argparse.Namespace) -> int:
 
         if args.vision_steps < 0:
             raise RsagentError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
-        info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned)
+        if args.rescale_visual and args.vision_steps == 0:
+            raise RsagentError("--rescale-visual applies after vision pretraining: give --vision-steps N")
+        info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

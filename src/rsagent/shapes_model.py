@@ -9,8 +9,10 @@ token each), and Qwen2.5-VL's 22 added tokens keep their names, in Qwen's order,
 learned vocabulary; the config's image/vision token ids point at them.
 
 Choices for CPU training (docs/shapes.md has the measurements): scenes of 112 px are shown as 8x8
-patches of 14 px, merged 2x2 into 16 visual tokens; text rope_theta 10, so that the 4x4 grid of
-visual positions (mrope's height and width sections) actually rotates a 32-wide head.
+patches of 14 px, merged 2x2 into 16 visual tokens; Qwen's own text rope_theta (1e6), so that most of a
+32-wide head does not rotate and attention can match content across a whole episode. Where a visual
+token sits reaches the text through the token itself: the vision tower's perception pretraining
+(`shapes_vision`) teaches each token its row and column.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def prompt_blocks() -> tuple[str, ...]:
     return rules, "# Tools" + tools
 
 
-def shapes_model_config(tokenizer, rope_theta: float = 10.0):
+def shapes_model_config(tokenizer, rope_theta: float = 1e6):
     """Qwen2.5-VL at CPU size: 4 text layers of width 128 (heads of 32), a 4-block vision tower of width 128."""
     from transformers import Qwen2_5_VLConfig
 
@@ -167,7 +169,7 @@ def _number_embeddings(model, tokenizer) -> None:
 
 
 def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
-                      progress: bool = True) -> dict:
+                      rescale: bool = False, progress: bool = True) -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
     scene graph, `shapes_vision`), tokenizer, image processor and template to `out`; returns its description."""
     out = Path(out)
@@ -180,13 +182,14 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
     if vision_steps > 0:
         from rsagent.shapes_vision import pretrain_vision
 
-        vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned,
+        vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned, rescale=rescale,
                                      log=(lambda r: print(json.dumps(r), flush=True)) if progress else None)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
     info = describe(model, processor)
     (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,
+                                                       "rescale": rescale,
                                                        "vision_log": vision_log}, indent=1) + "\n")
     return info
 

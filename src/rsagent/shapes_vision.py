@@ -11,7 +11,10 @@ says what it covers. Nothing here sees a query, a box or an answer.
 
 Each merged visual token (28x28 pixels of a 112 px scene) is trained, through a linear head that is
 then thrown away, to predict from the scene graph: the share of its pixels of each colour and of
-each kind (background a class of its own), and which cells of a 4x4 sub-grid any shape covers.
+each kind (background a class of its own), which cells of a 4x4 sub-grid any shape covers, and the
+token's own row and column in the image: Qwen2.5-VL's visual tokens carry no absolute position (the
+tower's rotary embedding is relative, and the text side's mrope rotates queries and keys, never the
+values), so without this a box answer has no "where" to copy from. Learned in ~100 steps.
 Scenes are `train` scenes under the same held-out colour-kind pairs, so `test-novel` stays novel.
 
 With `aligned=True` the colour and kind classes are scored against the language model's own input
@@ -93,9 +96,10 @@ class _WordHead:
 
 
 def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
-                    size: int = 112, aligned: bool = False,
+                    size: int = 112, aligned: bool = False, rescale: bool = False,
                     log: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps)."""
+    """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps). With
+    `rescale`, the visual tokens then leave at the length of word embeddings (`match_text_scale`)."""
     import torch
     import torch.nn.functional as F
 
@@ -103,10 +107,12 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
     merge = model.config.vision_config.spatial_merge_size * model.config.vision_config.patch_size
     torch.manual_seed(seed)
     n_col, n_kind = len(COLOURS) + 1, len(KINDS) + 1
+    grid = size // merge  # tokens per side
+    n_rest = SUB * SUB + 2 * grid  # occupancy, then the token's row and column
     if aligned:
-        head = _WordHead(model, processor.tokenizer, SUB * SUB)
+        head = _WordHead(model, processor.tokenizer, n_rest)
     else:
-        head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + SUB * SUB)
+        head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + n_rest)
     opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
     banned = frozenset(HELD_OUT_PAIRS)
     visual.train()
@@ -123,9 +129,12 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
         tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
         out = head(torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens)
         a, b = n_col, n_col + n_kind
+        c, d = b + SUB * SUB, b + SUB * SUB + grid
+        where = torch.arange(grid * grid).repeat(len(scenes))  # row-major, as the merged tokens come
         loss = (-(col * F.log_softmax(out[:, :a], -1)).sum(-1).mean()
                 - (kind * F.log_softmax(out[:, a:b], -1)).sum(-1).mean()
-                + F.binary_cross_entropy_with_logits(out[:, b:], occ))
+                + F.binary_cross_entropy_with_logits(out[:, b:c], occ)
+                + F.cross_entropy(out[:, c:d], where // grid) + F.cross_entropy(out[:, d:], where % grid))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(visual.parameters(), 1.0)
@@ -135,10 +144,37 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
             with torch.no_grad():
                 hit_col = (out[:, :a].argmax(-1) == col.argmax(-1))[shape].float().mean()
                 hit_kind = (out[:, a:b].argmax(-1) == kind.argmax(-1))[shape].float().mean()
+                hit_where = ((out[:, c:d].argmax(-1) == where // grid) & (out[:, d:].argmax(-1) == where % grid)).float().mean()
             rec = {"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 4),
-                   "colour_acc": round(float(hit_col), 3), "kind_acc": round(float(hit_kind), 3)}
+                   "colour_acc": round(float(hit_col), 3), "kind_acc": round(float(hit_kind), 3),
+                   "position_acc": round(float(hit_where), 3)}
             records.append(rec)
             if log:
                 log(rec)
     visual.eval()
+    if rescale:
+        records[-1]["rescaled_by"] = match_text_scale(model, processor, size=size, seed=seed)
     return records
+
+
+def match_text_scale(model, processor, *, size: int = 112, n: int = 32, seed: int = 0) -> float:
+    """Scale the vision merger's last linear layer so visual tokens have the mean norm of the text
+    embeddings; returns the factor. Why: pretraining leaves visual tokens ~100x longer than word
+    embeddings, and in the language model's residual stream a visual token that long drowns what
+    attention adds to it (the query it should be compared with). A pure rescaling of the output: what
+    the tokens say (the direction) is unchanged."""
+    import torch
+
+    banned = frozenset(HELD_OUT_PAIRS)
+    scenes = [sample_scene(rng_for("train", _FIRST_SCENE - 1 - seed * n - j), SceneConfig(size=size), banned=banned).image
+              for j in range(n)]
+    inputs = processor.image_processor(images=scenes, return_tensors="pt")
+    visual = model.model.visual
+    last = visual.merger.mlp[-1]
+    with torch.no_grad():
+        tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
+        factor = float(model.get_input_embeddings().weight.norm(dim=-1).mean() / tokens.norm(dim=-1).mean())
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+    return factor

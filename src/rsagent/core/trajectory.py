@@ -78,6 +78,9 @@ class Turn:
     view_id: int | None = None  # created by this turn (zoom_in)
     answer_iou: float | None = None  # IoU of the current answer after this turn, when GT is known
     seconds: dict[str, float] = field(default_factory=dict)  # policy / tool time
+    # why `error`: "format" (no single parseable call), "arguments" (they do not fit the tool's schema),
+    # "state" (a well-formed call the episode could not carry out: an unknown id or view, an empty box)
+    error_kind: str | None = None
 
 
 @dataclass

@@ -134,19 +134,20 @@ class Episode:
         parsed = parse_answer(answer)
         turn = Turn(index=len(self.turns) + 1, assistant=answer if isinstance(answer, str) else repr(answer),
                     think=parsed.think, tool_call=parsed.call, error=parsed.error,
-                    format_ok=parsed.format_ok, observation=Observation(""))
+                    format_ok=parsed.format_ok, observation=Observation(""),
+                    error_kind=None if parsed.error is None else "format")
         if parsed.call is not None:
             try:
                 args = validate_call(parsed.call["name"], parsed.call["arguments"], self.config.tools)
             except ToolCallError as exc:
-                turn.error = str(exc)
+                turn.error, turn.error_kind = str(exc), "arguments"
             except (RecursionError, TypeError, OverflowError) as exc:  # pathological but parseable input
-                turn.error = f"invalid arguments ({type(exc).__name__})"
+                turn.error, turn.error_kind = f"invalid arguments ({type(exc).__name__})", "arguments"
             else:
                 try:
                     turn.observation = getattr(self, f"_tool_{parsed.call['name']}")(args, turn)
                 except ToolCallError as exc:  # semantic checks: ids, views, coordinates
-                    turn.error = str(exc)
+                    turn.error, turn.error_kind = str(exc), "state"
         if turn.error is not None:
             turn.error = _clip(turn.error)  # it goes into the model's next prompt
             turn.format_ok = False

@@ -75,4 +75,24 @@ def aggregate(records: Iterable[dict], protocol: Protocol) -> dict:
     giou = math.fsum(scored) / len(scored) if scored else 0.0
     ciou = total_i / total_u if total_u else 0.0
     return {"n": len(records), "gIoU": giou, "cIoU": ciou, "n_giou": len(scored),
-            "intersection": total_i, "union": total_u}
+            "intersection": total_i, "union": total_u, "ci95": bootstrap_ci(records, protocol)}
+
+
+def bootstrap_ci(records: list[dict], protocol: Protocol, resamples: int = 1000, seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals of gIoU and cIoU over samples (resampled with replacement, a
+    fixed seed, records in a canonical order: the same records in any order give the same interval);
+    None for fewer than 2 samples."""
+    if len(records) < 2:
+        return {"gIoU": None, "cIoU": None, "resamples": 0}
+    rows = sorted((int(r["I"]), int(r["U"]), float(r["IoU"])) for r in records)
+    inter, union, ious = (np.array(col, np.float64) for col in zip(*rows))
+    counted = np.array([protocol.in_giou(int(u)) for u in union], np.float64)
+    rng = np.random.default_rng(seed)
+    giou, ciou = [], []
+    for start in range(0, resamples, 100):  # in chunks: a (resamples x n) index array can be large
+        picks = rng.integers(0, len(rows), (min(100, resamples - start), len(rows)))
+        n_scored, total_u = counted[picks].sum(1), union[picks].sum(1)
+        giou.append(np.divide((ious * counted)[picks].sum(1), n_scored, out=np.zeros(len(picks)), where=n_scored > 0))
+        ciou.append(np.divide(inter[picks].sum(1), total_u, out=np.zeros(len(picks)), where=total_u > 0))
+    return {"gIoU": [float(v) for v in np.percentile(np.concatenate(giou), [2.5, 97.5])],
+            "cIoU": [float(v) for v in np.percentile(np.concatenate(ciou), [2.5, 97.5])], "resamples": resamples}

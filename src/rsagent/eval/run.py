@@ -149,7 +149,7 @@ class EpisodeWorker:
             except Exception as exc:  # noqa: BLE001 - an unloadable sample fails alone, never the run
                 record = _empty_result(sample, self.protocol, _describe(exc), t0)
                 emit(Outcome({**record, "turns": 0, "status": "failed", "end": "not_run", "turn_iou": [],
-                              "tools": {}, "invalid": 0}))
+                              "tools": {}, "invalid": 0, "malformed": 0}))
                 continue
             tasks.append(EpisodeTask(image, sample.query, sid, gt, str(sample.image_path)))
             gts[sid] = gt
@@ -169,7 +169,8 @@ class EpisodeWorker:
             "turns": len(traj.turns), "status": "ok" if end in OK_ENDS else "failed",
             "seconds": float(traj.timings.get("total", 0.0)), "end": end, "error": traj.final.get("error"),
             "turn_iou": [t.answer_iou for t in traj.turns], "tools": dict(sorted(tools.items())),
-            "invalid": sum(t.error is not None for t in traj.turns), "query": traj.query,
+            "invalid": sum(t.error is not None for t in traj.turns),
+            "malformed": sum(t.error_kind in ("format", "arguments") for t in traj.turns), "query": traj.query,
         }
         return Outcome(record, traj.to_dict())
 

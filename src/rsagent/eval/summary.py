@@ -76,7 +76,7 @@ def _mean(values: list[float]) -> float:
 
 
 def episode_stats(records: list[dict], max_turns: int | None) -> dict:
-    """Per-turn IoU, tool calls, invalid calls, turns used and end reasons of episode records.
+    """Per-turn IoU, tool calls, invalid (and among them malformed) calls, turns used and end reasons of episode records.
 
     `per_turn.iou[k - 1]` is the mean over all n samples of the IoU of the answer after turn k; an
     episode that ended earlier (or never ran) contributes its final, scored IoU, so the last entry
@@ -103,6 +103,7 @@ def episode_stats(records: list[dict], max_turns: int | None) -> dict:
         calls.update(r.get("tools") or {})
     total_turns = sum(int(r.get("turns") or 0) for r in records)
     invalid = sum(int(r.get("invalid") or 0) for r in records)
+    malformed = sum(int(r.get("malformed") or 0) for r in records)
     n = len(records)
     histogram = Counter(int(r.get("turns") or 0) for r in records)
     return {
@@ -110,7 +111,9 @@ def episode_stats(records: list[dict], max_turns: int | None) -> dict:
         "tools": {"calls": dict(sorted(calls.items())),
                   "calls_per_sample": {k: v / n for k, v in sorted(calls.items())} if n else {},
                   "invalid": invalid, "total_turns": total_turns,
-                  "invalid_rate": invalid / total_turns if total_turns else 0.0},
+                  "invalid_rate": invalid / total_turns if total_turns else 0.0,
+                  # of the invalid: no parseable call, or arguments off the tool's schema
+                  "malformed": malformed, "malformed_rate": malformed / total_turns if total_turns else 0.0},
         "turns": {"mean": total_turns / n if n else 0.0,
                   "histogram": {str(k): histogram[k] for k in sorted(histogram)}},
         "end_reasons": dict(sorted(Counter(r.get("end") or "none" for r in records).items())),

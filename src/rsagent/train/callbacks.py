@@ -122,9 +122,11 @@ class RolloutEval(TrainerCallback):
             report=False)
         tools = summary.get("tools") or {}
         turns = int(tools.get("total_turns") or 0)
-        well_formed = (turns - int(tools.get("invalid") or 0)) / turns if turns else 0.0
+        # well-formed: one parseable call whose arguments fit its tool's schema; valid: also carried out
+        well_formed = (turns - int(tools.get("malformed") or 0)) / turns if turns else 0.0
+        valid = (turns - int(tools.get("invalid") or 0)) / turns if turns else 0.0
         return {"eval_rollout_gIoU": summary["gIoU"], "eval_rollout_cIoU": summary["cIoU"],
-                "eval_rollout_well_formed": well_formed, "eval_rollout_turns": turns / max(1, summary["n"]),
+                "eval_rollout_well_formed": well_formed, "eval_rollout_valid": valid, "eval_rollout_turns": turns / max(1, summary["n"]),
                 "eval_rollout_failed": summary["failed"], "eval_rollout_seconds": time.perf_counter() - started}
 
     def _policy(self, net):

@@ -75,6 +75,10 @@ def train_sft(config: SFTConfig) -> dict:
         rollout.bind(trainer)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     _save_final(trainer, config, processor)
+    if args.process_index == 0:
+        from rsagent.train.plot import plot_log
+
+        plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train sft: {config.model} on {config.data}")
     return {"steps": trainer.state.global_step, "train_loss": result.training_loss, "out": str(out),
             "resumed_from": checkpoint, "rows": len(rows), "seconds": time.perf_counter() - started}
 

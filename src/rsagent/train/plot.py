@@ -1,0 +1,40 @@
+"""A training run's curves as one figure: the loss beside the held-out rollouts (OUT/log.png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_log(log: str | Path, out: str | Path, title: str | None = None) -> Path:
+    """Read a run's log.jsonl (JSONLLogger) and write a PNG: the loss per step on the left, the rollout
+    metrics (well-formed and valid calls, gIoU) on the right when the run evaluated any."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a training machine
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r and "step" in r]
+    rollouts = [r for r in rows if "eval_rollout_gIoU" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
+    left.set(xlabel="step", ylabel="loss (assistant tokens)", yscale="log", title="training loss")
+    left.grid(alpha=0.3)
+    for key, label in (("eval_rollout_well_formed", "well-formed calls"), ("eval_rollout_valid", "valid calls"),
+                       ("eval_rollout_gIoU", "gIoU")):
+        points = [(r["step"], r[key]) for r in rollouts if key in r]
+        if points:
+            right.plot(*zip(*points), marker="o", label=label)
+    right.set(xlabel="step", ylim=(0, 1.02), title="greedy rollouts on held-out samples")
+    right.grid(alpha=0.3)
+    if rollouts:
+        right.legend(loc="best", fontsize=8)
+    else:
+        right.text(0.5, 0.5, "no rollouts in this run", ha="center", va="center", transform=right.transAxes)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
