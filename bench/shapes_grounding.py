@@ -190,6 +190,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="start from this folder (default: a fresh random model)")
     parser.add_argument("--steps", type=int, default=2000, help="training budget in optimiser steps (of --batch samples)")
     parser.add_argument("--minutes", type=float, default=30.0, help="stop early at this wall-clock time")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop after this many steps of the --steps schedule (a run cut by --minutes, replayed "
+                             "step for step on any machine)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--curriculum", default="0.1,0.3",
@@ -229,7 +232,8 @@ def main() -> None:
     model.train()
     start, step, seen, scene_index, queue = time.perf_counter(), 0, 0, 0, []
     step_times = []
-    while step < args.steps and (elapsed := time.perf_counter() - start) < budget:
+    last = min(args.steps, args.stop_after or args.steps)
+    while step < last and (elapsed := time.perf_counter() - start) < budget:
         frac = step / args.steps  # schedule and curriculum follow steps, so a busy machine changes only the time
         lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
