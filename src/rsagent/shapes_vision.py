@@ -62,6 +62,15 @@ def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return col, kind, occ
 
 
+def visual_tokens(visual, processor, images: list):
+    """The merged visual tokens of `images`, all images' tokens in one (tokens, width) tensor, in order."""
+    import torch
+
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+    return torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
+
+
 class _WordHead:
     """Class scores as cosines with the language model's embeddings of the class words (+ a learned
     background vector), times a learned scale; the occupancy through a plain linear layer."""
@@ -125,9 +134,7 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
                   for j in range(batch)]
         labels = [token_labels(s, merge) for s in scenes]
         col, kind, occ = (torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in range(3))
-        inputs = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")
-        tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-        out = head(torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens)
+        out = head(visual_tokens(visual, processor, [s.image for s in scenes]))
         a, b = n_col, n_col + n_kind
         c, d = b + SUB * SUB, b + SUB * SUB + grid
         where = torch.arange(grid * grid).repeat(len(scenes))  # row-major, as the merged tokens come
@@ -168,12 +175,9 @@ def match_text_scale(model, processor, *, size: int = 112, n: int = 32, seed: in
     banned = frozenset(HELD_OUT_PAIRS)
     scenes = [sample_scene(rng_for("train", _FIRST_SCENE - 1 - seed * n - j), SceneConfig(size=size), banned=banned).image
               for j in range(n)]
-    inputs = processor.image_processor(images=scenes, return_tensors="pt")
-    visual = model.model.visual
-    last = visual.merger.mlp[-1]
+    last = model.model.visual.merger.mlp[-1]
     with torch.no_grad():
-        tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
-        tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
+        tokens = visual_tokens(model.model.visual, processor, scenes)
         factor = float(model.get_input_embeddings().weight.norm(dim=-1).mean() / tokens.norm(dim=-1).mean())
         last.weight.mul_(factor)
         last.bias.mul_(factor)
