@@ -68,3 +68,27 @@ def small_shapes_model(tmp_path_factory):
     processor.save_pretrained(out)
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
     return out, model, processor
+
+
+SYNTH_MAX_TURNS = 4  # short trajectories: short sequences on one CPU core
+
+
+@pytest.fixture(scope="session")
+def shapes_export(tmp_path_factory):
+    """`rsagent synth` on 6 shapes scenes, grabcut, the tiny shapes model's frame (112x112 pictures)."""
+    from functools import partial
+
+    from rsagent.core.frames import make_frame
+    from rsagent.eval.run import DatasetSpec
+    from rsagent.segmenters import make_segmenter
+    from rsagent.shapes_model import MAX_PIXELS
+    from rsagent.synth.filters import FilterConfig
+    from rsagent.synth.run import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    config = SynthConfig(max_turns=SYNTH_MAX_TURNS, frame=make_frame("qwen2.5-vl", max_pixels=MAX_PIXELS).to_dict(),
+                         filters=FilterConfig.for_segmenter("grabcut", max_turns=SYNTH_MAX_TURNS))
+    stats = synthesize(DatasetSpec.create("shapes", root / "shapes", "train:6"), root / "export", config=config,
+                       segmenter_factory=partial(make_segmenter, "grabcut"), progress=False, argv=["test"])
+    assert stats["accepted"] >= 4
+    return root / "export"

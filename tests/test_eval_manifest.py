@@ -164,3 +164,109 @@ def test_missing_manifest(tmp_path):
         load_manifest(tmp_path)
     with pytest.raises(DatasetError, match="no such file"):
         load_manifest(tmp_path / "nope.jsonl")
+
+
+# --- COCO RLE masks (synth's rl_prompts.jsonl is a manifest) ---------------------------------------
+def rle_scene(folder: Path):
+    """A 30x40 (h x w) PNG with an L-shaped target and a don't-care band; returns (path, target, ignore)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / "scene.png")
+    target = np.zeros((30, 40), bool)
+    target[5:25, 8:14] = True
+    target[19:25, 8:33] = True
+    ignore = np.zeros((30, 40), bool)
+    ignore[:, 36:] = True
+    return folder / "scene.png", target, ignore
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE written out by hand: column-major runs, starting with a run of 0s."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return {"size": list(mask.shape), "counts": ([0] + runs) if flat[0] else runs}
+
+
+def test_rle_mask_and_ignore_load_exactly(tmp_path):
+    from rsagent.core.mask import GroundTruth
+    from rsagent.core.trajectory import Trajectory
+    from rsagent.synth.export import rl_prompt_record
+
+    image, target, ignore = rle_scene(tmp_path / "img")
+    traj = Trajectory(sample_id="scene-0", query="the L", image={"path": str(image), "width": 40, "height": 30},
+                      system_prompt="", user_text="", config={})
+    record = {"sample_id": "scene-0", "source": "hand", "source_id": "7", "kind": "shape", "query": "the L"}
+    with_ignore = rl_prompt_record(record, traj, GroundTruth(target, ignore), str(image))  # as synth writes it
+    assert isinstance(with_ignore["mask"]["counts"], str) and with_ignore["ignore"] is not None
+    without = rl_prompt_record({**record, "sample_id": "scene-1"}, traj, GroundTruth(target), str(image))
+    assert without["ignore"] is None
+    listed = {"sample_id": "scene-2", "image": "../img/scene.png", "query": "the rest",
+              "mask": uncompressed_rle(~target), "ignore": uncompressed_rle(ignore)}
+    path = tmp_path / "rl" / "rl_prompts.jsonl"
+    path.parent.mkdir()
+    write_lines(path, [with_ignore, without, listed])
+    for samples in (load_manifest(path), load_dataset("manifest", path)):
+        assert [s.sample_id for s in samples] == ["scene-0", "scene-1", "scene-2"]
+        assert samples[0].image_path == image and samples[2].image_path == path.parent / "../img/scene.png"
+        assert samples[0].meta["source"] == "hand" and samples[0].meta["kind"] == "shape"
+        assert (samples[0].meta["width"], samples[0].meta["height"], samples[0].meta["line"]) == (40, 30, 1)
+        img, gt = samples[0].load()
+        assert img.shape == (30, 40, 3)
+        assert np.array_equal(gt.mask, target) and np.array_equal(gt.ignore, ignore)
+        _, gt = samples[1].load()
+        assert np.array_equal(gt.mask, target) and gt.ignore is None
+        _, gt = samples[2].load()
+        assert np.array_equal(gt.mask, ~target) and np.array_equal(gt.ignore, ignore)
+
+
+RLE = {"size": [2, 3], "counts": [1, 2, 3]}
+
+
+@pytest.mark.parametrize("mask, message", [
+    ({"counts": "PP0"}, r"line 2: the \"mask\" RLE needs \"size\": \[height, width\]"),
+    ({"size": [30, 40]}, r"line 2: the \"mask\" RLE needs \"counts\": a string or a list of integers, got none"),
+    ({"size": [30], "counts": "PP0"}, r"line 2: the \"mask\" RLE needs \"size\""),
+    ({"size": "30x40", "counts": "PP0"}, r"line 2: the \"mask\" RLE needs \"size\""),
+    ({"size": [30, True], "counts": "PP0"}, r"line 2: the \"mask\" RLE needs \"size\""),
+    ({"size": [30, -40], "counts": "PP0"}, r"line 2: the \"mask\" RLE needs \"size\""),
+    ({"size": [2, 3], "counts": 6}, r"line 2: the \"mask\" RLE needs \"counts\": .* got int"),
+    ({"size": [2, 3], "counts": [1, -2, 7]}, r"line 2: the \"mask\" RLE's \"counts\" list must hold non-negative"),
+    ({"size": [2, 3], "counts": [1, 2.5, 3]}, r"line 2: the \"mask\" RLE's \"counts\" list must hold non-negative"),
+    ({"size": [2, 3], "counts": [1, 2]}, r"line 2: the \"mask\" RLE's counts sum to 3, not height x width = 6"),
+    ({"size": [2, 3], "counts": "a b"}, r"line 2: the \"mask\" RLE's \"counts\" string is not a COCO compressed"),
+    (7, r"line 2: \"mask\" must be a PNG path or a COCO RLE"),
+])
+def test_malformed_rle_names_its_line(tmp_path, mask, message):
+    path = tmp_path / "m.jsonl"
+    bad = {"sample_id": "b", "image": "x.png", "query": "q", "mask": mask}
+    write_lines(path, [GOOD, bad])
+    with pytest.raises(DatasetError, match=message):
+        load_manifest(path)
+    write_lines(path, [GOOD, {**bad, "mask": RLE, "ignore": mask}])  # the same checks for "ignore"
+    with pytest.raises(DatasetError, match=message.replace("mask", "ignore")):
+        load_manifest(path)
+
+
+def test_rle_of_the_wrong_size_fails_when_the_ground_truth_is_built(tmp_path):
+    from rsagent.core.mask import encode_rle
+
+    image, target, _ = rle_scene(tmp_path)
+    small = encode_rle(np.ones((10, 12), bool))
+    entries = [{"sample_id": "small-mask", "image": str(image), "query": "q", "mask": small},
+               {"sample_id": "small-ignore", "image": str(image), "query": "q", "mask": encode_rle(target),
+                "ignore": small},
+               # valid characters, but runs that cover 27 pixels, not 30 x 40
+               {"sample_id": "short", "image": str(image), "query": "q",
+                "mask": {"size": [30, 40], "counts": "922035"}}]
+    write_lines(tmp_path / "manifest.jsonl", entries)
+    samples = load_manifest(tmp_path)  # listing does not know the image's size
+    with pytest.raises(DatasetError, match=r"sample 'small-mask' \(.*manifest.jsonl: line 1\): the \"mask\" RLE "
+                                           r"has size \[height, width\] = \[10, 12\] but the image is \[30, 40\]"):
+        samples[0].load()
+    with pytest.raises(DatasetError, match=r"sample 'small-ignore' .*line 2\): the \"ignore\" RLE has size "
+                                           r"\[height, width\] = \[10, 12\] but the image is \[30, 40\]"):
+        samples[1].load()
+    with pytest.raises(DatasetError, match=r"sample 'short' .*: the \"mask\" RLE's counts string does not decode "
+                                           r"to 30 x 40 pixels"):
+        samples[2].load()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ from rsagent.train import load_sft_config, train_sft  # noqa: E402
 from rsagent.train.config import CONFIG_FILE  # noqa: E402
 from rsagent.train.sft_data import SFTCollator, load_rows, sft_dataset  # noqa: E402
 
-MAX_TURNS = 4  # short trajectories: short sequences on one CPU core
 SMALL = dict(per_device_batch=2, lr=2e-3, gradient_checkpointing=False, logging_steps=1, device="cpu",
              warmup=0.0, scheduler="constant")
 
@@ -42,20 +40,9 @@ def tiny(small_shapes_model):
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """`rsagent synth` on 6 shapes scenes, grabcut, the tiny model's frame (112x112 pictures)."""
-    from rsagent.core.frames import make_frame
-    from rsagent.eval.run import DatasetSpec
-    from rsagent.synth.filters import FilterConfig
-    from rsagent.synth.run import SynthConfig, synthesize
-
-    root = tmp_path_factory.mktemp("synth")
-    config = SynthConfig(max_turns=MAX_TURNS, frame=make_frame("qwen2.5-vl", max_pixels=MAX_PIXELS).to_dict(),
-                         filters=FilterConfig.for_segmenter("grabcut", max_turns=MAX_TURNS))
-    stats = synthesize(DatasetSpec.create("shapes", root / "shapes", "train:6"), root / "export", config=config,
-                       segmenter_factory=partial(make_segmenter, "grabcut"), progress=False, argv=["test"])
-    assert stats["accepted"] >= 4
-    return root / "export"
+def export(shapes_export):
+    """`rsagent synth` on 6 shapes scenes (conftest)."""
+    return shapes_export
 
 
 @pytest.fixture(scope="module")

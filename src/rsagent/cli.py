@@ -124,13 +124,57 @@ def _add_shapes_parser(sub) -> None:
 
 
 def _add_train_parser(sub) -> None:
-    trn = sub.add_parser("train", help="train the qwen policy on synthesized trajectories")
+    trn = sub.add_parser("train", help="train the qwen policy: SFT on synthesized trajectories, then RL")
     stages = trn.add_subparsers(dest="stage", required=True)
+    # every option defaults to None: only the flags given override the --config file (then the config's defaults)
     sft = stages.add_parser("sft", help="cold-start SFT on a `rsagent synth` export (TRL SFTTrainer; docs/training.md)")
-    # every option defaults to None: only the flags given override the --config file (then SFTConfig's defaults)
-    group = sft.add_argument_group("run")
-    group.add_argument("--config", default=None, metavar="FILE", help="YAML file of settings (configs/sft_*.yaml)")
+    group = _train_run_options(sft, "configs/sft_*.yaml")
     group.add_argument("--data", default=None, help="a `rsagent synth` output folder (sft.jsonl, images/, run.json)")
+    group = sft.add_argument_group("optimisation")
+    group.add_argument("--max-steps", dest="max_steps", type=int, default=None, metavar="N",
+                       help="optimizer steps (overrides --epochs)")
+    group.add_argument("--epochs", type=float, default=None)
+    group.add_argument("--batch-size", dest="per_device_batch", type=int, default=None, metavar="N", help="rows per device per step")
+    group.add_argument("--grad-accum", dest="grad_accum", type=int, default=None, metavar="N")
+    _train_weight_options(group)
+    group.add_argument("--logging-steps", dest="logging_steps", type=int, default=None, metavar="N")
+    group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
+    group = _train_eval_options(sft)
+    group.add_argument("--eval-max-turns", dest="eval_max_turns", type=int, default=None, metavar="N",
+                       help="default: the export's turn budget")
+
+    rl = stages.add_parser("rl", help="agentic RL: GRPO on whole episodes against final, process and format "
+                                      "rewards (docs/training.md)")
+    group = _train_run_options(rl, "configs/rl_*.yaml")
+    group.add_argument("--prompts", default=None, metavar="FILE_OR_DATASET",
+                       help="a manifest file (a `rsagent synth` rl_prompts.jsonl is one) or a dataset name (shapes, ...)")
+    group.add_argument("--prompts-root", dest="prompts_root", default=None, metavar="PATH",
+                       help="the dataset's folder (shapes: its default folder)")
+    group.add_argument("--prompts-split", dest="prompts_split", default=None, metavar="SPLIT")
+    group.add_argument("--segmenter", default=None, help="the tool the episodes call (default grabcut)")
+    group.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    group = rl.add_argument_group("optimisation")
+    group.add_argument("--max-steps", dest="max_steps", type=int, default=None, metavar="N")
+    group.add_argument("--prompts-per-step", dest="prompts_per_step", type=int, default=None, metavar="N")
+    group.add_argument("--group-size", dest="group_size", type=int, default=None, metavar="G",
+                       help="sampled episodes per prompt")
+    group.add_argument("--temperature", type=float, default=None)
+    group.add_argument("--max-turns", dest="max_turns", type=int, default=None, metavar="N")
+    group.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None, metavar="N")
+    group.add_argument("--kl-coef", dest="kl_coef", type=float, default=None)
+    group.add_argument("--reward-final", dest="reward_final", type=float, default=None, metavar="W")
+    group.add_argument("--reward-process", dest="reward_process", type=float, default=None, metavar="W")
+    group.add_argument("--reward-format", dest="reward_format", type=float, default=None, metavar="W")
+    _train_weight_options(group)
+    group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
+    group.add_argument("--gallery-steps", dest="gallery_steps", type=int, default=None, metavar="N",
+                       help="write OUT/gallery/step-N.html every N steps (0: never)")
+    _train_eval_options(rl)
+
+
+def _train_run_options(parser, configs: str):
+    group = parser.add_argument_group("run")
+    group.add_argument("--config", default=None, metavar="FILE", help=f"YAML file of settings ({configs})")
     group.add_argument("--model", default=None, help="hub id or local folder of a Qwen2.5-VL checkpoint")
     group.add_argument("--out", default=None, help="checkpoints, logs, evals and the final model (loads with "
                        "--policy qwen --model OUT)")
@@ -138,12 +182,10 @@ def _add_train_parser(sub) -> None:
                        help="continue from the newest OUT/checkpoint-*")
     group.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
     group.add_argument("--seed", type=int, default=None)
-    group = sft.add_argument_group("optimisation")
-    group.add_argument("--max-steps", dest="max_steps", type=int, default=None, metavar="N",
-                       help="optimizer steps (overrides --epochs)")
-    group.add_argument("--epochs", type=float, default=None)
-    group.add_argument("--batch-size", dest="per_device_batch", type=int, default=None, metavar="N", help="rows per device per step")
-    group.add_argument("--grad-accum", dest="grad_accum", type=int, default=None, metavar="N")
+    return group
+
+
+def _train_weight_options(group) -> None:
     group.add_argument("--lr", type=float, default=None)
     group.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
                        help="LoRA on the language model (the final folder holds the merge; OUT/adapter the adapter)")
@@ -151,23 +193,32 @@ def _add_train_parser(sub) -> None:
                        help="keep the vision tower's weights")
     group.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
                        action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--logging-steps", dest="logging_steps", type=int, default=None, metavar="N")
-    group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
-    group = sft.add_argument_group("rollouts on held-out data during training")
+
+
+def _train_eval_options(parser):
+    group = parser.add_argument_group("rollouts on held-out data during training")
     group.add_argument("--eval-dataset", dest="eval_dataset", default=None, metavar="NAME",
                        help="any dataset `rsagent eval` knows, e.g. shapes")
     group.add_argument("--eval-root", dest="eval_root", default=None, metavar="PATH")
     group.add_argument("--eval-split", dest="eval_split", default=None, metavar="SPLIT")
     group.add_argument("--eval-n", dest="eval_n", type=int, default=None, metavar="N", help="samples per evaluation")
     group.add_argument("--eval-steps", dest="eval_steps", type=int, default=None, metavar="N", help="evaluate every N steps (0: never)")
-    group.add_argument("--eval-max-turns", dest="eval_max_turns", type=int, default=None, metavar="N",
-                       help="default: the export's turn budget")
     group.add_argument("--eval-max-new-tokens", dest="eval_max_new_tokens", type=int, default=None, metavar="N")
+    return group
 
 
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    if args.stage == "rl":
+        from rsagent.train import RLConfig, load_rl_config, train_rl
+
+        flags = {f.name: getattr(args, f.name) for f in fields(RLConfig) if hasattr(args, f.name)}
+        result = train_rl(load_rl_config(args.config, **flags))
+        reward = "n/a" if result["reward"] is None else f"{result['reward']:.4f}"
+        print(f"steps={result['steps']} reward={reward} prompts={result['prompts']} "
+              f"seconds={result['seconds']:.1f} out={result['out']}")
+        return 0
     from rsagent.train import SFTConfig, load_sft_config, train_sft
 
     flags = {f.name: getattr(args, f.name) for f in fields(SFTConfig) if hasattr(args, f.name)}

@@ -22,11 +22,14 @@ def run_episode(policy: Policy, segmenter: Segmenter, task: EpisodeTask,
 
 def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTask],
                  config: EpisodeConfig = EpisodeConfig(), batch_size: int = 8, progress: bool = True,
-                 on_done: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+                 on_done: Callable[[Trajectory], None] | None = None,
+                 on_episode: Callable[[Episode], None] | None = None) -> list[Trajectory]:
     """Run episodes in lock-step groups of `batch_size`: each turn the policy answers all active ones.
 
     A crash of the policy or the segmenter ends only the episodes it touched, as `failed` with the
-    error recorded (a policy may return an exception in one episode's place); it never drops them. `on_done` sees each trajectory as soon as it is finished.
+    error recorded (a policy may return an exception in one episode's place); it never drops them.
+    `on_done` sees each trajectory as soon as it is finished; `on_episode` the finished `Episode` itself,
+    while it is alive (what a policy keeps per episode, such as the qwen policy's recorded tokens, is keyed by it).
     """
     results: list[Trajectory | None] = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=f"{policy.name}+{segmenter.name}", unit="ep", disable=not progress)
@@ -57,6 +60,8 @@ def run_episodes(policy: Policy, segmenter: Segmenter, tasks: Sequence[EpisodeTa
             for i in [i for i in active if episodes[i].done]:
                 traj = episodes[i].trajectory({"policy": policy.identifier, "policy_settings": policy.settings})
                 results[i] = traj
+                if on_episode is not None:
+                    on_episode(episodes[i])
                 if on_done is not None:
                     on_done(traj)
                 bar.update(1)

@@ -41,6 +41,7 @@ from rsagent.policies.chat import (
     render_chat,
     render_images,
 )
+from rsagent.policies.qwen_tokens import EpisodeTokens, TurnTokens, sampling_logprobs
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 _END = "<|im_end|>\n"
@@ -76,6 +77,9 @@ class QwenConfig:
     max_pixels: int | None = None
     reuse_cache: bool = True
     seed: int = 0
+    # keep, per episode, every token fed and generated with its sampling log-probability, positions and
+    # pixels (`episode_tokens`): what RL computes its loss on
+    record: bool = False
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -152,6 +156,7 @@ class _State:
     next_pos: int = 0  # the rope position of the next token
     pending: list[int] = field(default_factory=list)  # generated but not yet fed (cut off by max_new_tokens)
     n_messages: int = 0  # messages already in the sequence (through the last assistant answer)
+    record: EpisodeTokens | None = None  # config.record only
 
 
 @dataclass
@@ -245,14 +250,48 @@ class QwenPolicy(Policy):
                 st.pixel_values += pixels; st.grids += grids
                 chunks.append(self._positioned(torch.tensor(st.ids), torch.tensor(st.mm_types), st.pixel_values,
                                                st.grids, 0))
-        generated = self._generate(states, chunks)
+        generated, logprobs = self._generate(states, chunks)
+        if self.config.record:
+            for st, (ids, mm, pixels, grids), ch, gen, lps in zip(states, parts, chunks, generated, logprobs):
+                st.record = st.record or EpisodeTokens(self.sampling_temperature)
+                # re-encoding fed the whole sequence; the turn's own part is its tail
+                st.record.turns.append(TurnTokens(ids, mm, ch.positions[:, -len(ids):].clone(), pixels, grids,
+                                                  gen, lps))
         self.stats["prefill_tokens"] += sum(len(ch.ids) for ch in chunks)
         self.stats["generated_tokens"] += sum(len(g) for g in generated)
         self.stats["calls"] += 1
         tok = self.processor.tokenizer
         return [tok.decode([t for t in out if t not in self._stops], skip_special_tokens=False) for out in generated]
 
-    def _generate(self, states: list[_State], chunks: list[_Chunk]) -> list[list[int]]:
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature log-probabilities are taken at (1 for greedy decoding)."""
+        return self.config.temperature if self.config.temperature > 0 else 1.0
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad
+
+    @property
+    def banned_ids(self) -> torch.Tensor:
+        """Token ids that are never sampled (their probability is 0 in the recorded log-probabilities)."""
+        return self._banned
+
+    @property
+    def sampler_state(self) -> torch.Tensor:
+        """The sampling generator's state: saved with an RL checkpoint so a resumed run samples the same."""
+        return self._generator.get_state()
+
+    @sampler_state.setter
+    def sampler_state(self, state: torch.Tensor) -> None:
+        self._generator.set_state(state)
+
+    def episode_tokens(self, episode: Episode) -> EpisodeTokens | None:
+        """What this policy fed and generated in `episode`, turn by turn (None: nothing yet, or not recording)."""
+        state = self._states.get(episode)
+        return None if state is None else state.record
+
+    def _generate(self, states: list[_State], chunks: list[_Chunk]) -> tuple[list[list[int]], list[list[float]]]:
         dev, batch = self.device, len(states)
         n_layers = self.model.config.text_config.num_hidden_layers
         cached = [st.keys[0].shape[2] if st.keys else 0 for st in states]
@@ -277,12 +316,17 @@ class QwenPolicy(Policy):
         hidden = out.last_hidden_state[torch.arange(batch, device=dev), last]
         next_pos = torch.tensor([int(ch.positions.max()) + 1 for ch in chunks], device=dev)
         tokens: list[list[int]] = [[] for _ in range(batch)]
+        logprobs: list[list[float]] = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool, device=dev)
         for step in range(self.config.max_new_tokens):
-            token = self._sample(self.model.lm_head(hidden).float())
+            logits = self.model.lm_head(hidden).float()
+            token = self._sample(logits)
+            lps = (sampling_logprobs(logits, token, self._banned, self.sampling_temperature).tolist()
+                   if self.config.record else [0.0] * batch)
             for b in range(batch):
                 if not finished[b]:
                     tokens[b].append(int(token[b]))
+                    logprobs[b].append(lps[b])
             finished |= torch.tensor([t in self._stops for t in token.tolist()], device=dev)
             if bool(finished.all()) or step == self.config.max_new_tokens - 1:
                 break
@@ -306,7 +350,7 @@ class QwenPolicy(Policy):
                 st.ids += fed; st.mm_types += [0] * len(fed)
             st.next_pos = int(next_pos[b])
             st.pending = [] if tokens[b] and tokens[b][-1] in self._stops else tokens[b][-1:]
-        return tokens
+        return tokens, logprobs
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         logits[:, self._banned.to(logits.device)] = float("-inf")

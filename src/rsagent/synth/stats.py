@@ -108,16 +108,21 @@ def _recovery_cells(row: dict) -> list[str]:
     return [fmt(row["first_iou"]), fmt(row["iou"]), fmt(row["gain"]), str(row["recovered"])]
 
 
-def _gallery_entry(record: dict, traj: Trajectory, image: np.ndarray) -> str:
-    """A trajectory's summary and every turn: the overlay it showed beside its reasoning and call."""
+def trajectory_section(traj: Trajectory, image: np.ndarray, facts: list[tuple[str, str]]) -> str:
+    """A trajectory's facts (escaped HTML cells) and every turn: the overlay it showed beside its reasoning
+    and call, pictures inline. The synthesis gallery and the RL rollout gallery both use it."""
     pictures = [encode_image(shrink(p, [], GALLERY_SIDE)[0], "jpeg", GALLERY_JPEG_QUALITY)
                 for p in turn_overlays(traj, image)]
+    blocks = "\n".join(turn_block(turn, src) for turn, src in zip(traj.turns, pictures))
+    return f"<section class='traj'><h3>{escape(traj.query)}</h3>{html_table(facts)}\n{blocks}</section>"
+
+
+def _gallery_entry(record: dict, traj: Trajectory, image: np.ndarray) -> str:
     facts = [("sample", escape(record["sample_id"])), ("kind", escape(str(record.get("kind")))),
              ("opening", escape(str(record.get("opening")))), ("first candidate IoU", fmt(record.get("first_iou"))),
              ("final IoU", fmt(record.get("IoU"))), ("turns", fmt(record.get("turns"))),
              ("recovered", escape(str(record.get("recovered"))))]
-    blocks = "\n".join(turn_block(turn, src) for turn, src in zip(traj.turns, pictures))
-    return (f"<section class='traj'><h3>{escape(traj.query)}</h3>{html_table(facts)}\n{blocks}</section>")
+    return trajectory_section(traj, image, facts)
 
 
 def _summary(stats: dict) -> str:
@@ -156,11 +161,15 @@ def _sections(stats: dict) -> list[str]:
         _grid(["turns", "trajectories"], turns), _grid(["tool", "calls", "per trajectory"], tools), "</div>"]
 
 
-def stats_html(stats: dict, gallery: list[tuple[dict, Trajectory, np.ndarray]]) -> str:
-    head = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
-            f"<title>rsagent synth statistics</title><style>{STYLE}\n{TURN_STYLE}\n"
+def page_head(title: str) -> str:
+    """The head of a self-contained page of trajectory sections (`trajectory_section`)."""
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+            f"<title>{escape(title)}</title><style>{STYLE}\n{TURN_STYLE}\n"
             ".traj{border-top:2px solid #999;margin-top:1.5em}</style></head><body>")
-    parts = [head, "<h1>rsagent synth statistics</h1>", _summary(stats), *_sections(stats)]
+
+
+def stats_html(stats: dict, gallery: list[tuple[dict, Trajectory, np.ndarray]]) -> str:
+    parts = [page_head("rsagent synth statistics"), "<h1>rsagent synth statistics</h1>", _summary(stats), *_sections(stats)]
     if gallery:
         parts += ["<h2>Accepted trajectories</h2>", *(_gallery_entry(*entry) for entry in gallery)]
     parts.append("</body></html>")

@@ -104,38 +104,47 @@ class RolloutEval(TrainerCallback):
 
     def rollout(self, model, step: int) -> dict:
         """Episodes of the current weights (in eval mode) on the held-out samples; the metrics to log."""
-        from rsagent.env.episode import EpisodeConfig
-        from rsagent.eval.run import evaluate
-        from rsagent.segmenters import make_segmenter
-
         cfg = self.config
-        out = Path(cfg.out) / EVAL_DIR / f"step-{step}"
-        if out.exists():  # left by a run that stopped before its next checkpoint: this run redoes it
-            shutil.rmtree(out)
-        net = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers stay active
-        started = time.perf_counter()
-        summary = evaluate(
-            self.dataset, out, policy_factory=partial(self._policy, net),
-            segmenter_factory=partial(make_segmenter, cfg.eval_segmenter),
-            episode=EpisodeConfig(max_turns=self.max_turns), settings={"step": step, "model": cfg.model},
-            batch_size=cfg.eval_batch_size, progress=False, argv=["rsagent", "train", "sft", f"step={step}"],
-            report=False)
-        tools = summary.get("tools") or {}
-        turns = int(tools.get("total_turns") or 0)
-        # well-formed: one parseable call whose arguments fit its tool's schema; valid: also carried out
-        well_formed = (turns - int(tools.get("malformed") or 0)) / turns if turns else 0.0
-        valid = (turns - int(tools.get("invalid") or 0)) / turns if turns else 0.0
-        return {"eval_rollout_gIoU": summary["gIoU"], "eval_rollout_cIoU": summary["cIoU"],
-                "eval_rollout_well_formed": well_formed, "eval_rollout_valid": valid, "eval_rollout_turns": turns / max(1, summary["n"]),
-                "eval_rollout_failed": summary["failed"], "eval_rollout_seconds": time.perf_counter() - started}
+        return evaluate_weights(
+            model, self.processor, self.dataset, Path(cfg.out) / EVAL_DIR / f"step-{step}", model_name=cfg.model,
+            max_turns=self.max_turns, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+            max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size, segmenter=cfg.eval_segmenter,
+            seed=cfg.seed, step=step, command="sft")
 
-    def _policy(self, net):
-        from rsagent.policies.qwen import QwenConfig, QwenPolicy
 
-        cfg = self.config
-        return QwenPolicy(QwenConfig(model=cfg.model, device=str(net.device), min_pixels=self.min_pixels,
-                                     max_pixels=self.max_pixels, max_new_tokens=cfg.eval_max_new_tokens,
-                                     seed=cfg.seed), model=net, processor=self.processor)
+def evaluate_weights(model, processor, dataset, out: Path, *, model_name: str, max_turns: int, min_pixels: int,
+                     max_pixels: int, max_new_tokens: int, batch_size: int, segmenter: str, seed: int, step: int,
+                     command: str) -> dict:
+    """Greedy episodes of `model` as it is now on `dataset` through `rsagent.eval.run.evaluate` (the code
+    `rsagent eval` runs), written to `out`; the metrics to log (eval_rollout_*)."""
+    from rsagent.env.episode import EpisodeConfig
+    from rsagent.eval.run import evaluate
+    from rsagent.policies.qwen import QwenConfig, QwenPolicy
+    from rsagent.segmenters import make_segmenter
+
+    if out.exists():  # left by a run that stopped before its next checkpoint: this run redoes it
+        shutil.rmtree(out)
+    net = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers stay active
+
+    def policy():
+        return QwenPolicy(QwenConfig(model=model_name, device=str(net.device), min_pixels=min_pixels,
+                                     max_pixels=max_pixels, max_new_tokens=max_new_tokens, seed=seed),
+                          model=net, processor=processor)
+
+    started = time.perf_counter()
+    summary = evaluate(
+        dataset, out, policy_factory=policy, segmenter_factory=partial(make_segmenter, segmenter),
+        episode=EpisodeConfig(max_turns=max_turns), settings={"step": step, "model": model_name},
+        batch_size=batch_size, progress=False, argv=["rsagent", "train", command, f"step={step}"], report=False)
+    tools = summary.get("tools") or {}
+    turns = int(tools.get("total_turns") or 0)
+    # well-formed: one parseable call whose arguments fit its tool's schema; valid: also carried out
+    well_formed = (turns - int(tools.get("malformed") or 0)) / turns if turns else 0.0
+    valid = (turns - int(tools.get("invalid") or 0)) / turns if turns else 0.0
+    return {"eval_rollout_gIoU": summary["gIoU"], "eval_rollout_cIoU": summary["cIoU"],
+            "eval_rollout_well_formed": well_formed, "eval_rollout_valid": valid,
+            "eval_rollout_turns": turns / max(1, summary["n"]), "eval_rollout_failed": summary["failed"],
+            "eval_rollout_seconds": time.perf_counter() - started}
 
 
 def _sharded(trainer) -> bool:

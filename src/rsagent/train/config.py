@@ -1,4 +1,5 @@
-"""Every setting of an SFT run as one typed dataclass, loadable from YAML, with CLI overrides.
+"""Every setting of a training run as one typed dataclass (SFTConfig here, RLConfig in rl_config),
+loadable from YAML, with CLI overrides.
 
 The resolved config (after `resolve`: "auto" values decided, pixel limits read from the export)
 is what `OUT/train_config.yaml` and every checkpoint hold, so a run can be read back and resumed.
@@ -130,8 +131,13 @@ def _fits(value, hint) -> bool:
 
 
 def load_sft_config(path: str | Path | None = None, **overrides) -> SFTConfig:
-    """The file's settings (YAML mapping of SFTConfig fields), then `overrides` (None values ignored:
-    a CLI flag that was not given). Unknown keys are an error, never ignored."""
+    return load_config(SFTConfig, path, **overrides)
+
+
+def load_config(cls, path: str | Path | None = None, paths: tuple[str, ...] = ("data", "out", "eval_root"),
+                **overrides):
+    """The file's settings (YAML mapping of `cls` fields), then `overrides` (None values ignored:
+    a CLI flag that was not given). Unknown keys are an error, never ignored. `paths` get ~ expanded."""
     values: dict = {}
     if path is not None:
         import yaml
@@ -147,23 +153,23 @@ def load_sft_config(path: str | Path | None = None, **overrides) -> SFTConfig:
             raise RsagentError(f"--config {path}: expected a mapping of settings, got {type(loaded).__name__}")
         values.update(loaded or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(SFTConfig)}
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise RsagentError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                            f"known: {', '.join(sorted(known))}")
-    hints = typing.get_type_hints(SFTConfig)
+    hints = typing.get_type_hints(cls)
     for name, value in values.items():
         _check_type(name, value, hints[name])
-    for name in ("data", "out", "eval_root"):  # ~ expanded; relative paths stay relative to where it runs
+    for name in paths:  # ~ expanded; relative paths stay relative to where it runs
         if isinstance(values.get(name), str):
             values[name] = str(Path(values[name]).expanduser())
-    config = SFTConfig(**values)
+    config = cls(**values)
     config.check()
     return config
 
 
-def write_config(config: SFTConfig, path: str | Path) -> None:
+def write_config(config, path: str | Path) -> None:
     import yaml
 
     from rsagent.eval.results import atomic_write_text
@@ -177,12 +183,12 @@ def read_config(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
 
 
-def resume_differences(stored: dict, config: SFTConfig) -> list[str]:
-    """Settings that differ from the run being resumed and may not (RESUMABLE_CHANGES may)."""
+def resume_differences(stored: dict, config, resumable: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
+    """Settings that differ from the run being resumed and may not (`resumable` ones may)."""
     now = config.to_dict()
     return [f"{k}: {stored.get(k, '(unset)')!r} then, {now.get(k, '(unset)')!r} now"
-            for k in sorted(set(stored) | set(now)) if k not in RESUMABLE_CHANGES and stored.get(k) != now.get(k)]
+            for k in sorted(set(stored) | set(now)) if k not in resumable and stored.get(k) != now.get(k)]
 
 
-def replace(config: SFTConfig, **changes) -> SFTConfig:
+def replace(config, **changes):
     return dataclasses.replace(config, **changes)

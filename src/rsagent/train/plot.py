@@ -6,20 +6,31 @@ import json
 from pathlib import Path
 
 
-def plot_log(log: str | Path, out: str | Path, title: str | None = None) -> Path:
-    """Read a run's log.jsonl (JSONLLogger) and write a PNG: the loss per step on the left, the rollout
-    metrics (well-formed and valid calls, gIoU) on the right when the run evaluated any."""
+SFT_CURVES = (("loss", "loss (assistant tokens)"),)
+
+
+def plot_log(log: str | Path, out: str | Path, title: str | None = None,
+             curves: tuple[tuple[str, str], ...] = SFT_CURVES, log_scale: bool = True,
+             left_title: str = "training loss") -> Path:
+    """Read a run's log.jsonl and write a PNG: the training curves per step on the left (SFT: the loss;
+    RL: the rewards), the rollout metrics (well-formed and valid calls, gIoU) on the right when the run
+    evaluated any."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a training machine
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
-    train = [r for r in rows if "loss" in r and "step" in r]
     rollouts = [r for r in rows if "eval_rollout_gIoU" in r]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
-    left.set(xlabel="step", ylabel="loss (assistant tokens)", yscale="log", title="training loss")
+    for key, label in curves:
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None and "step" in r]
+        if points:
+            left.plot(*zip(*points), label=label)
+    left.set(xlabel="step", ylabel=curves[0][1] if len(curves) == 1 else None,
+             yscale="log" if log_scale else "linear", title=left_title)
+    if len(curves) > 1:
+        left.legend(loc="best", fontsize=8)
     left.grid(alpha=0.3)
     for key, label in (("eval_rollout_well_formed", "well-formed calls"), ("eval_rollout_valid", "valid calls"),
                        ("eval_rollout_gIoU", "gIoU")):

@@ -15,13 +15,12 @@ policy uses, so training sees exactly the ids and pixels inference does (tests/t
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from rsagent.core.errors import RsagentError
 from rsagent.train.callbacks import EVAL_DIR, LOG_FILE, ConfigInCheckpoint, JSONLLogger, RolloutEval
-from rsagent.train.config import CONFIG_FILE, SFTConfig, read_config, replace, resume_differences, write_config
+from rsagent.train.config import CONFIG_FILE, SFTConfig, replace, write_config
+from rsagent.train.run_dir import eval_dataset_spec, prepare_out, resolve_precision, truncate_log
 from rsagent.train.sft_data import (
     SFTCollator,
     check_pixels,
@@ -49,8 +48,8 @@ def train_sft(config: SFTConfig) -> dict:
     check_pixels(rows, config.data, min_pixels, max_pixels)
     config = _resolved(config, min_pixels, max_pixels)
     out = Path(config.out)
-    checkpoint = _prepare_out(out, config)
-    eval_dataset = _eval_dataset(config)
+    checkpoint = prepare_out(out, config)
+    eval_dataset = eval_dataset_spec(config)
     set_seed(config.seed)
     args = _training_args(config)  # before the model: under ZeRO-3 from_pretrained then partitions as it loads
     processor = load_processor(config.model, min_pixels, max_pixels)
@@ -62,7 +61,7 @@ def train_sft(config: SFTConfig) -> dict:
     if args.process_index == 0:
         write_config(config, out / CONFIG_FILE)
         if checkpoint is not None:
-            _truncate_log(out / LOG_FILE, int(Path(checkpoint).name.split("-")[-1]))
+            truncate_log(out / LOG_FILE, int(Path(checkpoint).name.split("-")[-1]))
     callbacks = [JSONLLogger(out), ConfigInCheckpoint(config)]
     rollout = None
     if eval_dataset is not None:
@@ -114,71 +113,10 @@ def _trainer_class():
 
 def _resolved(config: SFTConfig, min_pixels: int, max_pixels: int) -> SFTConfig:
     """Decide every "auto" so the written config says what actually ran."""
-    import torch
-
-    if config.device not in (None, "cpu", "cuda"):
-        raise RsagentError(f"device must be cpu or cuda, got {config.device!r} (pick GPUs with CUDA_VISIBLE_DEVICES)")
-    cuda = config.device != "cpu" and torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise RsagentError("device cuda: no CUDA device is available")
-    bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
-    dtype = ("bfloat16" if bf16 else "float32") if config.dtype == "auto" else config.dtype
+    bf16, dtype = resolve_precision(config.device, config.bf16, config.dtype)
     max_turns = config.eval_max_turns or export_max_turns(config.data) or 8
     return replace(config, bf16=bf16, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels,
                    eval_max_turns=max_turns)
-
-
-def _prepare_out(out: Path, config: SFTConfig) -> str | None:
-    """Check OUT against --resume; returns the checkpoint to continue from (None: a fresh run)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    stored_path = out / CONFIG_FILE
-    used = out.is_dir() and any(out.iterdir())
-    if not config.resume:
-        if used:
-            what = "a training run" if stored_path.is_file() else "files"
-            raise RsagentError(f"{out} already holds {what}: pass --resume to continue it, or choose another --out")
-        return None
-    if not stored_path.is_file():
-        raise RsagentError(f"--resume: {out} holds no training run ({CONFIG_FILE} is missing)")
-    diff = resume_differences(read_config(stored_path), config)
-    if diff:
-        raise RsagentError(f"--resume: {out} holds a run with other settings (" + "; ".join(diff[:6])
-                           + "); resume with the same settings or choose another --out")
-    checkpoint = get_last_checkpoint(str(out))
-    if checkpoint is None:
-        raise RsagentError(f"--resume: {out} has no checkpoint-* yet; start again in a new --out")
-    return checkpoint
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Logs past the checkpoint belong to steps the resumed run does again: keep one line per step."""
-    if not path.is_file():
-        return
-    from rsagent.eval.results import atomic_write_text
-
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _eval_dataset(config: SFTConfig):
-    """The held-out dataset of the rollouts, listed once now so a wrong path fails before training."""
-    if not config.eval_steps:
-        return None
-    from rsagent.eval.run import DatasetSpec
-
-    root = config.eval_root
-    if root is None:
-        if config.eval_dataset != "shapes":
-            raise RsagentError(f"eval_dataset {config.eval_dataset} needs eval_root (--eval-root PATH)")
-        from rsagent.data.shapes import DEFAULT_ROOT
-
-        root = str(DEFAULT_ROOT)
-    spec = DatasetSpec.create(config.eval_dataset, root, config.eval_split, limit=config.eval_n)
-    if not spec.load():
-        raise RsagentError(f"eval dataset {config.eval_dataset} at {root} has no samples")
-    return spec
 
 
 def _training_args(config: SFTConfig):

@@ -1,0 +1,397 @@
+"""`train_rl`: GRPO on whole episodes of the project's own environment, a small loop on accelerate.
+
+Each step draws `prompts_per_step` prompts and plays `group_size` sampled episodes of each through the
+real environment (the episode state machine, its parser, error observations, turn budget and frame),
+all in lock-step (`runner.run_episodes`). The qwen policy records the ids it fed and sampled with their
+log-probabilities (`policies.qwen_tokens`); the rewards (`train.rewards`) score each finished
+trajectory against its ground truth; advantages are normalised within each group (`train.grpo`); the
+loss is computed on the recorded ids, model tokens only, every turn's images in the forward.
+
+    OUT/train_config.yaml        the resolved config (also in every checkpoint)
+    OUT/log.jsonl                per step: reward components, final IoU, turns, tool counts, invalid-call
+                                 rate, KL, clip fraction, entropy, ratio, lr, grad norm, tokens/s; held-out rollouts
+    OUT/runs/                    TensorBoard events (the same numbers)
+    OUT/gallery/step-N.html      every gallery_steps: whole groups of that step's episodes, turn by turn
+    OUT/evals/step-N/            greedy rollouts on held-out data (`rsagent eval`'s files), every eval_steps
+    OUT/checkpoint-N/            weights (or the LoRA adapter), processor, rl_state.pt (optimizer, scheduler,
+                                 sampler and RNG state); `resume` continues the newest
+    OUT/ (config.json, model.safetensors, tokenizer, processor, rsagent_pixels.json)
+                                 the final policy: `--policy qwen --model OUT` (LoRA merged; adapter in OUT/adapter/)
+
+Why not TRL's GRPOTrainer: its `rollout_func` cannot carry observation images into the training
+forward, and its `environment_factory` loop is not this project's episode (its own parser; an answer
+without a tool call ends the episode). docs/training.md says more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from rsagent.core.errors import RsagentError
+from rsagent.train.callbacks import EVAL_DIR, LOG_FILE, evaluate_weights
+from rsagent.train.config import CONFIG_FILE, replace, write_config
+from rsagent.train.grpo import clipped_loss, group_advantages
+from rsagent.train.rl_config import RL_RESUMABLE_CHANGES, RLConfig
+from rsagent.train.run_dir import (
+    CHECKPOINT_PREFIX,
+    checkpoint_step,
+    eval_dataset_spec,
+    prepare_out,
+    resolve_precision,
+    truncate_log,
+)
+
+STATE_FILE = "rl_state.pt"
+GALLERY_DIR = "gallery"
+ADAPTER_DIR = "adapter"
+RL_CURVES = (("reward", "reward (total)"), ("reward/final", "final"), ("reward/process", "process"),
+             ("reward/format", "format"), ("final_iou", "final IoU"))
+
+
+# --- prompts ----------------------------------------------------------------------------------------
+def prompt_spec(config: RLConfig):
+    """The prompts as a dataset: a file or folder is a manifest (synth's rl_prompts.jsonl is one);
+    otherwise a dataset name `rsagent eval` knows, at prompts_root (shapes: its default folder)."""
+    from rsagent.data import DATASETS
+    from rsagent.eval.run import DatasetSpec
+
+    path = Path(config.prompts).expanduser()
+    if path.exists():
+        return DatasetSpec.create("manifest", path, config.prompts_split)
+    if config.prompts not in DATASETS:
+        raise RsagentError(f"--prompts {config.prompts}: no such file, and not a dataset name "
+                           f"({', '.join(DATASETS)})")
+    root = config.prompts_root
+    if root is None:
+        if config.prompts != "shapes":
+            raise RsagentError(f"--prompts {config.prompts} needs --prompts-root PATH")
+        from rsagent.data.shapes import DEFAULT_ROOT
+
+        root = str(DEFAULT_ROOT)
+    return DatasetSpec.create(config.prompts, root, config.prompts_split)
+
+
+def prompts_for_step(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Indices of step `step`'s prompts (1-based steps): epochs of seeded permutations, read in order,
+    so a resumed run draws what the uninterrupted one would have."""
+    out = []
+    for position in range((step - 1) * per_step, step * per_step):
+        epoch, index = divmod(position, n_prompts)
+        order = np.random.default_rng([seed, epoch]).permutation(n_prompts)
+        out.append(int(order[index]))
+    return out
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+def train_rl(config: RLConfig) -> dict:
+    """Run (or resume) the RL stage; returns steps done, the last step's mean reward, seconds, out."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler, set_seed
+
+    from rsagent.policies.qwen import QwenConfig, QwenPolicy, load_processor, load_qwen_model, pixel_limits
+    from rsagent.segmenters import make_segmenter
+
+    started = time.perf_counter()
+    config.check()
+    spec = prompt_spec(config)
+    prompts = spec.load()  # a wrong path or a malformed line fails before any model is loaded
+    if not prompts:
+        raise RsagentError(f"--prompts {config.prompts}: no samples")
+    bf16, dtype = resolve_precision(config.device, config.bf16, config.dtype)
+    config = replace(config, bf16=bf16, dtype=dtype)
+    out = Path(config.out)
+    checkpoint = prepare_out(out, config, RL_RESUMABLE_CHANGES)
+    eval_spec = eval_dataset_spec(config)
+    min_pixels, max_pixels = pixel_limits(config.model)
+    set_seed(config.seed)
+    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision="bf16" if bf16 else "no")
+    processor = load_processor(config.model, min_pixels, max_pixels)
+    model = _load_trainable(config, checkpoint, str(accelerator.device), getattr(torch, dtype))
+    ref = load_qwen_model(config.model, str(accelerator.device), getattr(torch, dtype)) if config.kl_coef > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = int(config.warmup if config.warmup >= 1 else math.ceil(config.warmup * config.max_steps))
+    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=config.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)  # the model, or the peft wrapper with LoRA
+    net = unwrapped.get_base_model() if config.lora else unwrapped  # LoRA layers stay in place
+    policy = QwenPolicy(QwenConfig(model=config.model, device=str(accelerator.device), min_pixels=min_pixels,
+                                   max_pixels=max_pixels, temperature=config.temperature, top_p=config.top_p,
+                                   max_new_tokens=config.max_new_tokens, seed=config.seed, record=True),
+                        model=net, processor=processor)
+    start = 0
+    if checkpoint is not None:
+        start = _restore(Path(checkpoint), optimizer, scheduler, policy)
+        truncate_log(out / LOG_FILE, start)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(config, out / CONFIG_FILE)
+    segmenter = make_segmenter(config.segmenter)
+    log = _Log(out)
+    rewards_config = config.reward_config()
+
+    def held_out(step: int) -> None:
+        net.eval()
+        metrics = evaluate_weights(net, processor, eval_spec, out / EVAL_DIR / f"step-{step}", model_name=config.model,
+                                   max_turns=config.max_turns, min_pixels=min_pixels, max_pixels=max_pixels,
+                                   max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size,
+                                   segmenter=config.segmenter, seed=config.seed, step=step, command="rl")
+        log.write(step, metrics)
+
+    if eval_spec is not None and start == 0:
+        held_out(0)  # the starting point of every curve
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=start, desc="rl", unit="step", disable=not config.progress)
+    row: dict = {}
+    for step in range(start + 1, config.max_steps + 1):
+        row = _step(config, step, prompts, policy, segmenter, model, net, ref, optimizer, scheduler, params,
+                    accelerator, rewards_config, out)
+        log.write(step, row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward']:.3f}", iou=f"{row['final_iou']:.3f}", turns=f"{row['turns']:.1f}")
+        if eval_spec is not None and step % config.eval_steps == 0:
+            held_out(step)
+        if step % config.save_steps == 0 or step == config.max_steps:
+            _save_checkpoint(out, step, config, unwrapped, processor, optimizer, scheduler, policy, min_pixels, max_pixels)
+    bar.close()
+    log.close()
+    _save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
+    from rsagent.train.plot import plot_log
+
+    plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train rl: {config.model}", curves=RL_CURVES,
+             log_scale=False, left_title="mean reward of the sampled episodes")
+    return {"steps": config.max_steps, "resumed_from": checkpoint, "reward": row.get("reward"),
+            "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
+            "seconds": time.perf_counter() - started}
+
+
+def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, ref, optimizer, scheduler, params,
+          accelerator, rewards_config, out: Path) -> dict:
+    """One GRPO step: rollouts, rewards, advantages, the update; returns its log row."""
+    import torch
+
+    from rsagent.env.episode import EpisodeConfig, EpisodeTask
+    from rsagent.policies.qwen_tokens import score_episodes
+    from rsagent.runner import run_episodes
+    from rsagent.train.rewards import score_trajectory
+
+    t0 = time.perf_counter()
+    chosen = [prompts[i] for i in prompts_for_step(len(prompts), step, config.prompts_per_step, config.seed)]
+    loaded = [sample.load() for sample in chosen]
+    tasks, gts = [], {}
+    for g, (sample, (image, gt)) in enumerate(zip(chosen, loaded)):
+        for k in range(config.group_size):
+            sid = f"{g:03d}~{k:02d}~{sample.sample_id}"  # unique per episode, ordered group by group
+            tasks.append(EpisodeTask(image, sample.query, sid, gt, str(sample.image_path)))
+            gts[sid] = gt
+    records = {}
+    net.eval()
+    with torch.no_grad():
+        trajs = run_episodes(policy, segmenter, tasks, EpisodeConfig(max_turns=config.max_turns),
+                             batch_size=config.rollout_batch_size, progress=False,
+                             on_episode=lambda ep: records.__setitem__(ep.task.sample_id, policy.episode_tokens(ep)))
+    t_rollout = time.perf_counter() - t0
+    scores = [score_trajectory(traj, gts[traj.sample_id], rewards_config) for traj in trajs]
+    advantages, skipped = group_advantages([s.score for s in scores], config.group_size, config.scale_advantages)
+    train = [(records[t.sample_id], a) for t, a in zip(trajs, advantages)
+             if a != 0 and records.get(t.sample_id) is not None and records[t.sample_id].n_generated]
+    n_tokens = sum(rec.n_generated for rec, _ in train)
+    t1 = time.perf_counter()
+    totals = Counter()
+    grad_norm = 0.0
+    model.train()
+    for _ in range(config.updates_per_step if train else 0):
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(train), config.micro_batch):
+            micro = train[start:start + config.micro_batch]
+            with accelerator.autocast():
+                scored = score_episodes(net, [rec for rec, _ in micro], policy.banned_ids, policy.pad_id)
+                ref_lp = None
+                if ref is not None:
+                    with torch.no_grad():
+                        ref_lp = torch.cat([s.logprobs for s in score_episodes(
+                            ref, [rec for rec, _ in micro], policy.banned_ids, policy.pad_id)])
+            logprobs = torch.cat([s.logprobs for s in scored])
+            adv = torch.cat([torch.full_like(s.logprobs, a) for s, (_, a) in zip(scored, micro)]).detach()
+            parts = clipped_loss(logprobs, torch.cat([s.old_logprobs for s in scored]), adv, config.clip_low,
+                                 config.clip_high, ref_lp, config.kl_coef)
+            accelerator.backward(parts.loss / n_tokens)
+            totals.update(loss=float(parts.loss.detach()), clipped=parts.clipped, ratio=parts.ratio_sum,
+                          kl=parts.kl_sum, tokens=parts.tokens,
+                          entropy=float(sum(s.entropy.sum() for s in scored)))
+            totals["ratio_max"] = max(totals["ratio_max"], parts.ratio_max)
+        grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+        optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    t_update = time.perf_counter() - t1
+    row = _rollout_stats(trajs, scores, skipped)
+    seen = max(1, totals["tokens"])
+    row.update({
+        "loss": totals["loss"] / seen if train else 0.0, "clip_fraction": totals["clipped"] / seen,
+        "ratio_mean": totals["ratio"] / seen if train else 1.0, "ratio_max": totals["ratio_max"] if train else 1.0,
+        "kl": totals["kl"] / seen, "entropy": totals["entropy"] / seen if train else None,
+        "grad_norm": grad_norm, "learning_rate": lr, "episodes_trained": len(train), "tokens_trained": n_tokens,
+        "generated_tokens": sum(r.n_generated for r in records.values() if r is not None),
+        "seconds_rollout": t_rollout, "seconds_update": t_update,
+        "tokens_per_second": (n_tokens * config.updates_per_step) / max(t_update, 1e-9) if train else None})
+    if config.gallery_steps and step % config.gallery_steps == 0:
+        _write_gallery(out / GALLERY_DIR / f"step-{step}.html", step, trajs, scores, advantages, loaded,
+                       config.group_size, config.gallery_groups)
+    return row
+
+
+def _rollout_stats(trajs, scores, skipped: list[bool]) -> dict:
+    """Means over the step's episodes: every reward component, final IoU, turns, tools, invalid calls."""
+    n = len(trajs)
+    keys = sorted({k for s in scores for k in s.breakdown})
+    row = {"reward": float(np.mean([s.score for s in scores]))}
+    row.update({f"reward/{k}": float(np.mean([s.breakdown.get(k, 0.0) for s in scores])) for k in keys
+                if k != "total"})
+    turns = [t for traj in trajs for t in traj.turns]
+    calls = Counter(t.tool_call["name"] for t in turns if t.tool_call is not None and t.error is None)
+    row.update({
+        "final_iou": float(np.mean([traj.metrics.get("iou", 0.0) for traj in trajs])),
+        "reward_std": float(np.std([s.score for s in scores])),
+        "turns": len(turns) / n, "invalid_rate": sum(t.error is not None for t in turns) / max(1, len(turns)),
+        "malformed_rate": sum(t.error_kind in ("format", "arguments") for t in turns) / max(1, len(turns)),
+        "submitted": sum(traj.final.get("reason") == "submit" for traj in trajs) / n,
+        "failed": sum(traj.final.get("reason") == "failed" for traj in trajs),
+        "groups_skipped": sum(skipped), "groups": len(skipped)})
+    row.update({f"tools/{name}": count / n for name, count in sorted(calls.items())})
+    return row
+
+
+# --- weights in and out -------------------------------------------------------------------------------
+def _load_trainable(config: RLConfig, checkpoint: str | None, device: str, dtype):
+    """The policy's weights: the starting model (a checkpoint's when resuming full fine-tuning), LoRA wrapped."""
+    from rsagent.policies.qwen import load_qwen_model
+
+    full_resume = checkpoint is not None and not config.lora
+    model = load_qwen_model(checkpoint if full_resume else config.model, device, dtype)
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.freeze_vision:
+        for param in model.model.visual.parameters():
+            param.requires_grad = False
+    if config.lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if checkpoint is not None:
+            return PeftModel.from_pretrained(model, str(Path(checkpoint) / ADAPTER_DIR), is_trainable=True)
+        names = "|".join(config.lora_target_modules)
+        return get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+                                                target_modules=rf".*\.language_model\..*\.({names})"))
+    return model
+
+
+def _save_weights(folder: Path, config: RLConfig, unwrapped, processor, min_pixels: int, max_pixels: int,
+                  merge: bool) -> None:
+    """Weights (LoRA: the adapter in folder/adapter/, and with `merge` the merged model too), the processor,
+    the pixel limits and the config: a folder `--policy qwen --model` loads."""
+    from rsagent.policies.qwen import save_pixel_limits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if config.lora:
+        unwrapped.save_pretrained(str(folder / ADAPTER_DIR))
+        if merge:
+            import copy
+
+            copy.deepcopy(unwrapped).merge_and_unload().save_pretrained(str(folder))
+    else:
+        unwrapped.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    save_pixel_limits(folder, min_pixels, max_pixels)
+    write_config(config, folder / CONFIG_FILE)
+
+
+def _save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor, optimizer, scheduler, policy,
+                     min_pixels: int, max_pixels: int) -> None:
+    import torch
+
+    folder = out / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    _save_weights(tmp, config, unwrapped, processor, min_pixels, max_pixels, merge=False)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "sampler": policy.sampler_state, "torch_rng": torch.get_rng_state()}, tmp / STATE_FILE)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)  # a checkpoint folder is complete or absent
+    if config.save_total_limit:
+        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
+        for old in done[:-config.save_total_limit]:
+            shutil.rmtree(old)
+
+
+def _restore(checkpoint: Path, optimizer, scheduler, policy) -> int:
+    import torch
+
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    policy.sampler_state = state["sampler"]
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+# --- logs and the gallery -----------------------------------------------------------------------------
+class _Log:
+    """Each row to OUT/log.jsonl and to TensorBoard (OUT/runs/)."""
+
+    def __init__(self, out: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = out / LOG_FILE
+        self.board = SummaryWriter(str(out / "runs"))
+
+    def write(self, step: int, row: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        for key, value in clean.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                self.board.add_scalar(key if key.startswith("eval_") else f"train/{key}", value, step)
+        self.board.flush()
+
+    def close(self) -> None:
+        self.board.close()
+
+
+def _write_gallery(path: Path, step: int, trajs, scores, advantages, loaded, group_size: int, groups: int) -> None:
+    """The first `groups` prompts of the step, each with its whole group: rewards, advantage, every turn."""
+    from rsagent.eval.report import fmt
+    from rsagent.eval.results import atomic_write_text
+    from rsagent.synth.stats import page_head, trajectory_section
+
+    parts = [page_head(f"rsagent rl step {step}"), f"<h1>RL step {step}: sampled episodes</h1>",
+             "<p class='muted'>Each prompt's whole group; the advantage is the reward against the group's.</p>"]
+    for g in range(min(groups, len(loaded))):
+        image = loaded[g][0]
+        parts.append(f"<h2>Prompt {g + 1}: {escape(trajs[g * group_size].query)}</h2>")
+        for k in range(group_size):
+            i = g * group_size + k
+            facts = [("episode", escape(trajs[i].sample_id)), ("reward", fmt(scores[i].score)),
+                     ("advantage", fmt(advantages[i])), ("final IoU", fmt(trajs[i].metrics.get("iou"))),
+                     ("turns", str(len(trajs[i].turns))), ("end", escape(str(trajs[i].final.get("reason")))),
+                     *[(k2, fmt(v)) for k2, v in scores[i].breakdown.items() if k2 != "total"]]
+            parts.append(trajectory_section(trajs[i], image, facts))
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(parts))
+
+
+__all__ = ["RLConfig", "prompt_spec", "prompts_for_step", "train_rl"]

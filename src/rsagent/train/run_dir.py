@@ -1,0 +1,82 @@
+"""What every training run shares: its output folder and resuming it, precision, the held-out set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rsagent.core.errors import RsagentError
+from rsagent.train.config import CONFIG_FILE, RESUMABLE_CHANGES, read_config, resume_differences
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def prepare_out(out: Path, config, resumable: frozenset[str] = RESUMABLE_CHANGES) -> str | None:
+    """Check OUT against `config.resume`; returns the checkpoint to continue from (None: a fresh run)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stored_path = out / CONFIG_FILE
+    used = out.is_dir() and any(out.iterdir())
+    if not config.resume:
+        if used:
+            what = "a training run" if stored_path.is_file() else "files"
+            raise RsagentError(f"{out} already holds {what}: pass --resume to continue it, or choose another --out")
+        return None
+    if not stored_path.is_file():
+        raise RsagentError(f"--resume: {out} holds no training run ({CONFIG_FILE} is missing)")
+    diff = resume_differences(read_config(stored_path), config, resumable)
+    if diff:
+        raise RsagentError(f"--resume: {out} holds a run with other settings (" + "; ".join(diff[:6])
+                           + "); resume with the same settings or choose another --out")
+    checkpoint = get_last_checkpoint(str(out))
+    if checkpoint is None:
+        raise RsagentError(f"--resume: {out} has no {CHECKPOINT_PREFIX}* yet; start again in a new --out")
+    return checkpoint
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(Path(checkpoint).name.split("-")[-1])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Logs past the checkpoint belong to steps the resumed run does again: keep one line per step."""
+    if not path.is_file():
+        return
+    from rsagent.eval.results import atomic_write_text
+
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def resolve_precision(device: str | None, bf16: bool | str, dtype: str) -> tuple[bool, str]:
+    """(bf16, dtype) with "auto" decided: bf16 where CUDA supports it; weights in bfloat16 then."""
+    import torch
+
+    if device not in (None, "cpu", "cuda"):
+        raise RsagentError(f"device must be cpu or cuda, got {device!r} (pick GPUs with CUDA_VISIBLE_DEVICES)")
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise RsagentError("device cuda: no CUDA device is available")
+    on = (cuda and torch.cuda.is_bf16_supported()) if bf16 == "auto" else bool(bf16)
+    return on, (("bfloat16" if on else "float32") if dtype == "auto" else dtype)
+
+
+def eval_dataset_spec(config):
+    """The held-out dataset of the rollouts (config.eval_dataset/root/split/n), listed once now so a wrong
+    path fails before training; None when config.eval_steps is 0."""
+    if not config.eval_steps:
+        return None
+    from rsagent.eval.run import DatasetSpec
+
+    root = config.eval_root
+    if root is None:
+        if config.eval_dataset != "shapes":
+            raise RsagentError(f"eval_dataset {config.eval_dataset} needs eval_root (--eval-root PATH)")
+        from rsagent.data.shapes import DEFAULT_ROOT
+
+        root = str(DEFAULT_ROOT)
+    spec = DatasetSpec.create(config.eval_dataset, root, config.eval_split, limit=config.eval_n)
+    if not spec.load():
+        raise RsagentError(f"eval dataset {config.eval_dataset} at {root} has no samples")
+    return spec

@@ -1,0 +1,243 @@
+"""Agentic RL (`rsagent train rl`): the real tiny Qwen2.5-VL plays real episodes with grabcut on shapes;
+the loss is computed on the ids it sampled. At the first step the training forward gives the sampling
+log-probabilities back (ratio 1) on multi-turn episodes whose later turns carry images; runs log every
+component, checkpoint, resume to the same weights and save a folder the qwen policy loads."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+pytest.importorskip("tensorboard")
+
+from rsagent.cli import main  # noqa: E402
+from rsagent.core.errors import RsagentError  # noqa: E402
+from rsagent.core.image import load_image  # noqa: E402
+from rsagent.core.mask import GroundTruth, decode_rle  # noqa: E402
+from rsagent.env.episode import EpisodeConfig, EpisodeTask  # noqa: E402
+from rsagent.policies.qwen import QwenConfig, QwenPolicy  # noqa: E402
+from rsagent.policies.qwen_tokens import score_episodes  # noqa: E402
+from rsagent.runner import run_episodes  # noqa: E402
+from rsagent.segmenters import make_segmenter  # noqa: E402
+from rsagent.shapes_model import MAX_PIXELS  # noqa: E402
+from rsagent.train import load_rl_config, train_rl  # noqa: E402
+from rsagent.train.grpo import clipped_loss, group_advantages  # noqa: E402
+from rsagent.train.rl import prompts_for_step  # noqa: E402
+from rsagent.train.sft_data import SFTCollator, load_rows  # noqa: E402
+
+SMALL = dict(max_steps=2, prompts_per_step=2, group_size=3,
+             max_new_tokens=120, max_turns=3, lr=1e-4, device="cpu", progress=False, gallery_steps=1,
+             save_steps=1, micro_batch=2)
+
+
+@pytest.fixture(scope="module")
+def taught(small_shapes_model, shapes_export):
+    """The small shapes model after 100 steps on one synthesized trajectory: sampling it then makes valid
+    calls, so later turns show overlays. Returns (folder, model, processor, task of that trajectory)."""
+    from rsagent.core.trajectory import Trajectory
+    from rsagent.eval.results import safe_name
+
+    folder, model, processor = small_shapes_model
+    model = copy.deepcopy(model).train()
+    rows = [r for r in load_rows(shapes_export) if sum(m["role"] == "assistant" for m in r["messages"]) >= 2]
+    row = rows[0]
+    batch = SFTCollator(processor, shapes_export)([row])
+    batch.pop("token_type_ids", None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    traj = Trajectory.load(shapes_export / "trajectories" / f"{safe_name(row['sample_id'])}.json")
+    task = EpisodeTask(load_image(traj.image["path"]), traj.query, traj.sample_id)
+    return folder, model, processor, task
+
+
+def _sample(folder, model, processor, tasks, temperature=1.0, max_turns=4, reuse_cache=True):
+    policy = QwenPolicy(QwenConfig(model=str(folder), device="cpu", max_pixels=MAX_PIXELS, temperature=temperature,
+                                   max_new_tokens=120, record=True, reuse_cache=reuse_cache, seed=1),
+                        model=model, processor=processor)
+    records = {}
+    trajs = run_episodes(policy, make_segmenter("grabcut"), tasks, EpisodeConfig(max_turns=max_turns), progress=False,
+                         on_episode=lambda ep: records.__setitem__(ep.task.sample_id, policy.episode_tokens(ep)))
+    return policy, trajs, [records[t.sample_id] for t in trajs]
+
+
+@pytest.mark.parametrize("reuse_cache", [True, False])
+def test_training_forward_gives_the_sampling_logprobs_back(taught, reuse_cache):
+    folder, model, processor, task = taught
+    tasks = [EpisodeTask(task.image, task.query, f"e{i}") for i in range(4)]
+    policy, trajs, records = _sample(folder, model, processor, tasks, reuse_cache=reuse_cache)
+    # real multi-turn episodes whose later turns fed overlay images
+    later_images = sum(len(turn.grids) for rec in records for turn in rec.turns[1:])
+    assert later_images >= 2
+    assert any(t.tool_call and t.tool_call["name"] == "segment" and t.error is None for tr in trajs for t in tr.turns)
+    # what was recorded is what the episode's text says was generated, turn by turn
+    tok = processor.tokenizer
+    for traj, rec in zip(trajs, records):
+        assert len(rec.turns) == len(traj.turns)
+        for turn, tt in zip(traj.turns, rec.turns):
+            assert tok.decode([t for t in tt.generated if t not in (tok.convert_tokens_to_ids("<|im_end|>"),)]) \
+                == turn.assistant
+    scored = score_episodes(model, records, policy.banned_ids, policy.pad_id)
+    new = torch.cat([s.logprobs for s in scored])
+    old = torch.cat([s.old_logprobs for s in scored])
+    assert len(new) == sum(r.n_generated for r in records) > 50
+    assert torch.allclose(new, old, atol=1e-4), float((new - old).abs().max())
+    ratio = torch.exp(new - old)
+    assert float((ratio - 1).abs().max()) < 1e-3
+    # the same tokens scored one episode at a time (no padding neighbours) agree too
+    alone = score_episodes(model, records[:1], policy.banned_ids, policy.pad_id)[0]
+    assert torch.allclose(alone.logprobs, scored[0].logprobs, atol=1e-4)
+
+
+def test_the_loss_moves_only_the_sampled_tokens_logprobs_the_right_way(taught):
+    folder, model, processor, task = taught
+    net = copy.deepcopy(model)
+    policy, trajs, records = _sample(folder, net, processor, [EpisodeTask(task.image, task.query, "e")], max_turns=2)
+    before = torch.cat([s.logprobs for s in score_episodes(net, records, policy.banned_ids, policy.pad_id)]).detach()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    scored = score_episodes(net, records, policy.banned_ids, policy.pad_id)
+    lp = torch.cat([s.logprobs for s in scored])
+    parts = clipped_loss(lp, torch.cat([s.old_logprobs for s in scored]), torch.ones_like(lp), 0.2, 0.28)
+    (parts.loss / len(lp)).backward()
+    optimizer.step()
+    after = torch.cat([s.logprobs for s in score_episodes(net, records, policy.banned_ids, policy.pad_id)]).detach()
+    assert after.sum() > before.sum()  # a positive advantage makes the sampled episode more likely
+
+
+def test_group_advantages_normalise_within_groups_and_skip_flat_ones():
+    adv, skipped = group_advantages([1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2], group_size=4)
+    assert skipped == [False, True]
+    # group 1: mean 0.5, population std sqrt(0.125)
+    std = 0.125 ** 0.5
+    assert adv[:4] == pytest.approx([0.5 / std, -0.5 / std, 0.0, 0.0], rel=1e-5)
+    assert adv[4:] == [0.0] * 4
+    plain, _ = group_advantages([1.0, 0.0], group_size=2, scale=False)
+    assert plain == [0.5, -0.5]
+    with pytest.raises(ValueError):
+        group_advantages([1.0, 2.0, 3.0], group_size=2)
+
+
+def test_clipped_loss_numbers():
+    lp = torch.log(torch.tensor([1.5, 0.5, 1.0]))  # ratios 1.5, 0.5, 1.0 against old log-probs 0
+    old = torch.zeros(3)
+    adv = torch.tensor([1.0, -1.0, 2.0])
+    parts = clipped_loss(lp, old, adv, clip_low=0.2, clip_high=0.28)
+    # token 1: min(1.5, 1.28) = 1.28; token 2: min(-0.5, -0.8) = -0.8; token 3: 2
+    assert float(parts.loss) == pytest.approx(-(1.28 - 0.8 + 2.0), rel=1e-6)
+    assert parts.clipped == 2 and parts.tokens == 3
+    assert parts.ratio_max == pytest.approx(1.5)
+    ref = torch.zeros(3)
+    with_kl = clipped_loss(lp, old, adv, 0.2, 0.28, ref_logprobs=ref, kl_coef=0.5)
+    k3 = sum(float(torch.exp(-x) + x - 1) for x in lp)
+    assert float(with_kl.loss) == pytest.approx(float(parts.loss) + 0.5 * k3, rel=1e-6)
+    assert with_kl.kl_sum == pytest.approx(k3, rel=1e-6)
+
+
+def test_prompt_order_is_a_seeded_permutation_per_epoch():
+    first = [i for step in range(1, 4) for i in prompts_for_step(6, step, 2, seed=0)]
+    assert sorted(first) == list(range(6))  # one epoch: every prompt once
+    assert prompts_for_step(6, 2, 2, seed=0) == first[2:4]  # a step alone draws what the sequence did
+    assert first != [i for step in range(1, 4) for i in prompts_for_step(6, step, 2, seed=1)]
+
+
+@pytest.fixture
+def taught_folder(taught, shapes_export, tmp_path) -> tuple[Path, Path]:
+    """The taught model saved as a policy folder, and an RL prompts file (synth's rl_prompts.jsonl lines)
+    holding its scene twice under two ids: sampled episodes there differ in their rewards."""
+    folder = tmp_path / "taught"
+    _, model, processor, task = taught
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "rsagent_pixels.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": MAX_PIXELS}))
+    lines = [json.loads(x) for x in (shapes_export / "rl_prompts.jsonl").read_text().splitlines()]
+    line = next(x for x in lines if x["sample_id"] == task.sample_id)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({**line, "sample_id": f"{line['sample_id']}-{i}"}) + "\n" for i in range(2)))
+    return folder, prompts
+
+
+def _run(tmp_path: Path, name: str, folders: tuple[Path, Path], **changes) -> tuple[dict, Path]:
+    out = tmp_path / name
+    config = load_rl_config(None, model=str(folders[0]), out=str(out), prompts=str(folders[1]), **{**SMALL, **changes})
+    return train_rl(config), out
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_rl_logs_every_component_checkpoints_and_saves_a_loadable_policy(taught_folder, tmp_path):
+    folder = taught_folder[0]
+    result, out = _run(tmp_path, "run", taught_folder, eval_steps=2, eval_dataset="shapes",
+                       eval_root=str(tmp_path / "shapes"), eval_split="val:2", eval_n=2, eval_max_new_tokens=24)
+    assert result["steps"] == 2
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    for key in ("reward", "reward/final", "reward/process", "reward/format", "final_iou", "turns", "invalid_rate",
+                "kl", "clip_fraction", "entropy", "grad_norm", "learning_rate", "groups_skipped", "seconds_rollout"):
+        assert key in train_rows[0], key
+    evals = [r for r in rows if "eval_rollout_gIoU" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert (out / "evals" / "step-2" / "summary.json").is_file()
+    assert "Prompt 1" in (out / "gallery" / "step-1.html").read_text()
+    assert (out / "log.png").stat().st_size > 1000
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert any((out / "runs").iterdir())
+    # the parameters changed, and the saved folder is a policy
+    start, end = _weights(folder), _weights(out)
+    trained = [k for k in end if "visual" not in k]
+    assert sum(r["episodes_trained"] for r in train_rows) > 0
+    assert any(not torch.equal(start[k], end[k]) for k in trained)
+    assert all(torch.equal(start[k], end[k]) for k in end if "visual" in k)  # freeze_vision by default
+    policy = QwenPolicy(QwenConfig(model=str(out), device="cpu", max_new_tokens=8))
+    assert policy.config.max_pixels == MAX_PIXELS
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(taught_folder, tmp_path):
+    folder = taught_folder
+    _, straight = _run(tmp_path, "straight", folder, gallery_steps=0)
+    _, parts = _run(tmp_path, "parts", folder, gallery_steps=0, max_steps=1)
+    with pytest.raises(RsagentError, match="--resume"):
+        _run(tmp_path, "parts", folder, gallery_steps=0)  # a used folder without --resume is refused
+    with pytest.raises(RsagentError, match="lr"):
+        _run(tmp_path, "parts", folder, gallery_steps=0, resume=True, lr=5e-4)  # weights-shaping change refused
+    _run(tmp_path, "parts", folder, gallery_steps=0, resume=True)
+    a, b = _weights(straight), _weights(parts)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (parts / "log.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in log_a] == [r["reward"] for r in log_b]
+    assert log_a[-1]["episodes_trained"] > 0  # the resumed step did train
+
+
+def test_prompts_from_an_rl_prompts_file_and_clear_errors(taught, shapes_export, tmp_path, capsys):
+    folder, model, processor, _ = taught
+    prompts = shapes_export / "rl_prompts.jsonl"
+    first = json.loads(prompts.read_text().splitlines()[0])
+    from rsagent.train.rl import prompt_spec
+
+    samples = prompt_spec(load_rl_config(None, prompts=str(prompts), model="m", out="o")).load()
+    assert len(samples) == len(prompts.read_text().splitlines())
+    image, gt = samples[0].load()
+    assert isinstance(gt, GroundTruth)
+    assert (gt.mask == decode_rle(first["mask"]).astype(bool)).all()
+    assert image.shape[:2] == gt.shape
+    code = main(["train", "rl", "--prompts", str(tmp_path / "nowhere.jsonl"), "--model", str(folder), "--out",
+                 str(tmp_path / "x")])
+    assert code == 2 and "not a dataset name" in capsys.readouterr().err
+    code = main(["train", "rl", "--prompts", "shapes", "--model", str(folder), "--out", str(tmp_path / "y"),
+                 "--group-size", "1"])
+    assert code == 2 and "group_size" in capsys.readouterr().err
