@@ -153,3 +153,27 @@ def test_gallery_picks_worst_median_and_best():
     assert best == [f"s{i:03d}" for i in range(99, 79, -1)]
     assert select_gallery(records[:7], 60) == [("All samples, worst first", records[:7])]
     assert select_gallery(records, 0) == []
+
+
+def _records(ious_i_u: list[tuple[float, int, int]], prefix: str = "s") -> list[dict]:
+    return [{"sample_id": f"{prefix}{k}", "IoU": iou, "I": i, "U": u, "status": "ok"}
+            for k, (iou, i, u) in enumerate(ious_i_u)]
+
+
+def test_paired_difference_numbers_and_errors():
+    from rsagent.core.errors import RsagentError
+    from rsagent.eval.metrics import PROTOCOLS, paired_difference
+
+    a = _records([(0.5, 5, 10), (0.0, 0, 10), (1.0, 0, 0), (0.25, 1, 4)])
+    b = _records([(0.8, 8, 10), (0.0, 0, 10), (1.0, 0, 0), (0.5, 2, 4)])
+    out = paired_difference(a, list(reversed(b)), PROTOCOLS["lisa"], resamples=500)
+    assert out["gIoU"]["a"] == pytest.approx(1.75 / 4) and out["gIoU"]["b"] == pytest.approx(2.3 / 4)
+    assert out["gIoU"]["diff"] == pytest.approx(0.55 / 4)
+    assert out["cIoU"]["a"] == pytest.approx(6 / 24) and out["cIoU"]["b"] == pytest.approx(10 / 24)
+    lo, hi = out["gIoU"]["ci95"]
+    assert 0 <= lo <= out["gIoU"]["diff"] <= hi <= 0.3 / 1 + 1e-9  # B never scores lower on any sample
+    assert out["samples"] == {"b_higher": 2, "b_lower": 0, "same": 2}
+    same = paired_difference(a, a, PROTOCOLS["lisa"], resamples=200)
+    assert same["gIoU"]["diff"] == 0 and same["gIoU"]["ci95"] == [0.0, 0.0]
+    with pytest.raises(RsagentError, match="different samples"):
+        paired_difference(a, _records([(0.5, 5, 10)] * 4, prefix="t"), PROTOCOLS["lisa"])

@@ -213,3 +213,26 @@ def test_a_worker_that_cannot_start_is_a_one_line_error(evalset, tmp_path):
     with pytest.raises(RsagentError, match="a worker failed to start: ValueError: unknown segmenter 'nope'"):
         evaluate(DatasetSpec.create("manifest", evalset, limit=2), tmp_path / "o", policy_factory=OraclePolicy,
                  segmenter_factory=partial(make_segmenter, "nope"), workers=2, progress=False)
+
+
+def test_compare_two_runs_sample_by_sample(evalset, baseline, tmp_path):
+    """`rsagent compare A B`: a one-turn oracle run against the baseline on the same 12 targets."""
+    short = tmp_path / "short"
+    proc = subprocess.run(cli("eval", "--dataset", "manifest", "--root", evalset, "--out", short, "--max-turns", "1",
+                              "--batch-size", "1", "--no-progress"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(cli("compare", short, baseline, "--out", tmp_path / "cmp.json"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "cmp.json").read_text())
+    a = json.loads((short / "summary.json").read_text())
+    b = json.loads((baseline / "summary.json").read_text())
+    assert result["n"] == 12
+    assert result["gIoU"]["a"] == pytest.approx(a["gIoU"]) and result["gIoU"]["b"] == pytest.approx(b["gIoU"])
+    assert result["gIoU"]["diff"] == pytest.approx(b["gIoU"] - a["gIoU"])
+    lo, hi = result["gIoU"]["ci95"]
+    assert lo <= result["gIoU"]["diff"] <= hi
+    assert sum(result["samples"].values()) == 12
+    assert proc.stdout.startswith("n=12 gIoU ")
+    bad = subprocess.run(cli("compare", short, tmp_path), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "not a finished" in bad.stderr

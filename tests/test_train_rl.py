@@ -241,3 +241,23 @@ def test_prompts_from_an_rl_prompts_file_and_clear_errors(taught, shapes_export,
     code = main(["train", "rl", "--prompts", "shapes", "--model", str(folder), "--out", str(tmp_path / "y"),
                  "--group-size", "1"])
     assert code == 2 and "group_size" in capsys.readouterr().err
+
+
+def test_two_processes_share_the_prompts_and_log_one_merged_row(taught_folder, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each plays its share of the groups, one logs and saves."""
+    import os
+    import subprocess
+    import sys
+
+    folder, prompts = taught_folder
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "rsagent.cli", "train", "rl", "--prompts", str(prompts), "--model", str(folder), "--out", str(out),
+           "--max-steps", "1", "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "60",
+           "--max-turns", "2", "--lr", "1e-4", "--device", "cpu", "--no-progress", "--gallery-steps", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["processes"] == 2 and rows[0]["episodes"] == 6 and rows[0]["groups"] == 2
+    assert {p.name for p in (out / "checkpoint-1").glob("rl_*.pt")} == {"rl_state.pt", "rl_rank0.pt", "rl_rank1.pt"}
+    assert (out / "model.safetensors").is_file()

@@ -44,10 +44,34 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_args(sc)
     sc.add_argument("--predictions", required=True, metavar="PRED",
                     help="folder of <sample_id>.png masks (non-zero = foreground, the image's size)")
+    cmp = sub.add_parser("compare", help="B minus A on the same samples: paired gIoU / cIoU differences with "
+                         "95%% bootstrap intervals, from two `rsagent eval` or `score` folders")
+    cmp.add_argument("a", metavar="A", help="an eval/score output folder (results.jsonl, summary.json): the baseline")
+    cmp.add_argument("b", metavar="B", help="the folder compared with it")
+    cmp.add_argument("--resamples", type=int, default=2000)
+    cmp.add_argument("--out", default=None, metavar="FILE.json", help="also write the comparison as JSON")
     _add_synth_parser(sub)
     _add_shapes_parser(sub)
     _add_train_parser(sub)
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from rsagent.eval.compare import compare_runs
+
+    result = compare_runs(args.a, args.b, resamples=args.resamples)
+    g, c, n = result["gIoU"], result["cIoU"], result["samples"]
+    print(f"n={result['n']} gIoU {g['a']:.4f} -> {g['b']:.4f} diff {g['diff']:+.4f} [{g['ci95'][0]:+.4f}, "
+          f"{g['ci95'][1]:+.4f}]  cIoU {c['a']:.4f} -> {c['b']:.4f} diff {c['diff']:+.4f} [{c['ci95'][0]:+.4f}, "
+          f"{c['ci95'][1]:+.4f}]  B higher/lower/same: {n['b_higher']}/{n['b_lower']}/{n['same']}")
+    if args.out:
+        from rsagent.eval.results import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 def _add_synth_parser(sub) -> None:
@@ -407,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             return _synth(args, ["rsagent", *raw])
         if args.command == "train":
             return _train(args)
+        if args.command == "compare":
+            return _compare(args)
     except RsagentError as exc:
         print(f"rsagent: error: {exc}", file=sys.stderr)
         return 2

@@ -96,3 +96,52 @@ def bootstrap_ci(records: list[dict], protocol: Protocol, resamples: int = 1000,
         ciou.append(np.divide(inter[picks].sum(1), total_u, out=np.zeros(len(picks)), where=total_u > 0))
     return {"gIoU": [float(v) for v in np.percentile(np.concatenate(giou), [2.5, 97.5])],
             "cIoU": [float(v) for v in np.percentile(np.concatenate(ciou), [2.5, 97.5])], "resamples": resamples}
+
+
+def paired_difference(a: list[dict], b: list[dict], protocol: Protocol, resamples: int = 2000, seed: int = 0) -> dict:
+    """B minus A on the same samples (matched by sample_id): gIoU and cIoU of each, their difference and
+    its 95% paired percentile-bootstrap interval (the same resampled samples for both sides), and how
+    many samples B scores higher, lower and the same. Different sample sets are an error."""
+    by_a = {r["sample_id"]: r for r in a}
+    by_b = {r["sample_id"]: r for r in b}
+    if set(by_a) != set(by_b):
+        only_a, only_b = sorted(set(by_a) - set(by_b)), sorted(set(by_b) - set(by_a))
+        raise RsagentError(f"the runs scored different samples ({len(only_a)} only in the first, e.g. "
+                           f"{only_a[:3]}; {len(only_b)} only in the second, e.g. {only_b[:3]})")
+    ids = sorted(by_a)
+    if len(ids) < 2:
+        raise RsagentError("a paired comparison needs at least 2 samples in both runs")
+
+    def columns(by: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rows = [by[i] for i in ids]
+        union = np.array([int(r["U"]) for r in rows], np.float64)
+        return (np.array([int(r["I"]) for r in rows], np.float64), union,
+                np.array([float(r["IoU"]) for r in rows], np.float64),
+                np.array([protocol.in_giou(int(u)) for u in union], np.float64))
+
+    cols_a, cols_b = columns(by_a), columns(by_b)
+
+    def scores(cols, picks):
+        inter, union, ious, counted = cols
+        n_scored, total_u = counted[picks].sum(-1), union[picks].sum(-1)
+        giou = np.divide((ious * counted)[picks].sum(-1), n_scored, out=np.zeros(np.shape(n_scored)), where=n_scored > 0)
+        ciou = np.divide(inter[picks].sum(-1), total_u, out=np.zeros(np.shape(total_u)), where=total_u > 0)
+        return giou, ciou
+
+    full = np.arange(len(ids))[None]
+    (ga, ca), (gb, cb) = scores(cols_a, full), scores(cols_b, full)
+    rng = np.random.default_rng(seed)
+    dg, dc = [], []
+    for start in range(0, resamples, 100):
+        picks = rng.integers(0, len(ids), (min(100, resamples - start), len(ids)))
+        (ra, rca), (rb, rcb) = scores(cols_a, picks), scores(cols_b, picks)
+        dg.append(rb - ra)
+        dc.append(rcb - rca)
+    diff = cols_b[2] - cols_a[2]
+    return {"n": len(ids), "resamples": resamples, "protocol": protocol.name,
+            "gIoU": {"a": float(ga[0]), "b": float(gb[0]), "diff": float(gb[0] - ga[0]),
+                     "ci95": [float(v) for v in np.percentile(np.concatenate(dg), [2.5, 97.5])]},
+            "cIoU": {"a": float(ca[0]), "b": float(cb[0]), "diff": float(cb[0] - ca[0]),
+                     "ci95": [float(v) for v in np.percentile(np.concatenate(dc), [2.5, 97.5])]},
+            "samples": {"b_higher": int((diff > 1e-12).sum()), "b_lower": int((diff < -1e-12).sum()),
+                        "same": int((np.abs(diff) <= 1e-12).sum())}}

@@ -44,6 +44,9 @@ from rsagent.policies.chat import (
 from rsagent.policies.qwen_tokens import EpisodeTokens, TurnTokens, sampling_logprobs
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+# transformers 5.24 renames the cache argument of Qwen2_5_VLModel.forward (`cache`, from 5.40) and warns on every
+# decoding step; the old name works through 5.39 (pyproject pins transformers below 5.40).
+warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
 _END = "<|im_end|>\n"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}

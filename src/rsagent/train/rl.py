@@ -13,10 +13,14 @@ loss is computed on the recorded ids, model tokens only, every turn's images in 
     OUT/runs/                    TensorBoard events (the same numbers)
     OUT/gallery/step-N.html      every gallery_steps: whole groups of that step's episodes, turn by turn
     OUT/evals/step-N/            greedy rollouts on held-out data (`rsagent eval`'s files), every eval_steps
-    OUT/checkpoint-N/            weights (or the LoRA adapter), processor, rl_state.pt (optimizer, scheduler,
-                                 sampler and RNG state); `resume` continues the newest
+    OUT/checkpoint-N/            weights (or the LoRA adapter), processor, rl_state.pt (optimizer, scheduler, step)
+                                 and rl_rank<R>.pt (each process's sampler and RNG); `resume` continues the newest
     OUT/ (config.json, model.safetensors, tokenizer, processor, rsagent_pixels.json)
                                  the final policy: `--policy qwen --model OUT` (LoRA merged; adapter in OUT/adapter/)
+
+Several processes (`accelerate launch`): each holds the whole model, plays its share of each step's
+prompts (whole groups) and sums its gradients with the others before the optimiser step (no DDP
+wrapper: the loss forward calls the model's parts). One process logs, evaluates and saves.
 
 Why not TRL's GRPOTrainer: its `rollout_func` cannot carry observation images into the training
 forward, and its `environment_factory` loop is not this project's episode (its own parser; an answer
@@ -49,7 +53,8 @@ from rsagent.train.run_dir import (
     truncate_log,
 )
 
-STATE_FILE = "rl_state.pt"
+STATE_FILE = "rl_state.pt"  # optimizer, scheduler, step
+RANK_FILE = "rl_rank{rank}.pt"  # each process's sampler and RNG state
 GALLERY_DIR = "gallery"
 ADAPTER_DIR = "adapter"
 RL_CURVES = (("reward", "reward (total)"), ("reward/final", "final"), ("reward/process", "process"),
@@ -114,6 +119,9 @@ def train_rl(config: RLConfig) -> dict:
     min_pixels, max_pixels = pixel_limits(config.model)
     set_seed(config.seed)
     accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision="bf16" if bf16 else "no")
+    if config.prompts_per_step % accelerator.num_processes:
+        raise RsagentError(f"prompts_per_step {config.prompts_per_step} must divide among "
+                           f"{accelerator.num_processes} processes")
     processor = load_processor(config.model, min_pixels, max_pixels)
     model = _load_trainable(config, checkpoint, str(accelerator.device), getattr(torch, dtype))
     ref = load_qwen_model(config.model, str(accelerator.device), getattr(torch, dtype)) if config.kl_coef > 0 else None
@@ -122,48 +130,64 @@ def train_rl(config: RLConfig) -> dict:
     warmup = int(config.warmup if config.warmup >= 1 else math.ceil(config.warmup * config.max_steps))
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=config.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)  # the model, or the peft wrapper with LoRA
+    # Not wrapped for DDP: the loss forward calls the model's parts (only the generated tokens' logits are
+    # projected), so several processes average their gradients themselves (`_sync_gradients`).
+    unwrapped = model  # the model, or the peft wrapper with LoRA
     net = unwrapped.get_base_model() if config.lora else unwrapped  # LoRA layers stay in place
+    rank = accelerator.process_index
     policy = QwenPolicy(QwenConfig(model=config.model, device=str(accelerator.device), min_pixels=min_pixels,
                                    max_pixels=max_pixels, temperature=config.temperature, top_p=config.top_p,
-                                   max_new_tokens=config.max_new_tokens, seed=config.seed, record=True),
+                                   max_new_tokens=config.max_new_tokens, seed=config.seed + rank, record=True),
                         model=net, processor=processor)
     start = 0
     if checkpoint is not None:
-        start = _restore(Path(checkpoint), optimizer, scheduler, policy)
-        truncate_log(out / LOG_FILE, start)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(config, out / CONFIG_FILE)
+        start = _restore(Path(checkpoint), optimizer, scheduler, policy, rank)
+    main = accelerator.is_main_process
+    if main:
+        if checkpoint is not None:
+            truncate_log(out / LOG_FILE, start)
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(config, out / CONFIG_FILE)
     segmenter = make_segmenter(config.segmenter)
-    log = _Log(out)
+    log = _Log(out) if main else None
     rewards_config = config.reward_config()
 
     def held_out(step: int) -> None:
+        if not main:  # one process evaluates; the others wait for it
+            accelerator.wait_for_everyone()
+            return
         net.eval()
         metrics = evaluate_weights(net, processor, eval_spec, out / EVAL_DIR / f"step-{step}", model_name=config.model,
                                    max_turns=config.max_turns, min_pixels=min_pixels, max_pixels=max_pixels,
                                    max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size,
                                    segmenter=config.segmenter, seed=config.seed, step=step, command="rl")
         log.write(step, metrics)
+        accelerator.wait_for_everyone()
 
     if eval_spec is not None and start == 0:
         held_out(0)  # the starting point of every curve
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.max_steps, initial=start, desc="rl", unit="step", disable=not config.progress)
+    bar = tqdm(total=config.max_steps, initial=start, desc="rl", unit="step", disable=not (config.progress and main))
     row: dict = {}
     for step in range(start + 1, config.max_steps + 1):
         row = _step(config, step, prompts, policy, segmenter, model, net, ref, optimizer, scheduler, params,
                     accelerator, rewards_config, out)
-        log.write(step, row)
+        if main:
+            log.write(step, row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward']:.3f}", iou=f"{row['final_iou']:.3f}", turns=f"{row['turns']:.1f}")
         if eval_spec is not None and step % config.eval_steps == 0:
             held_out(step)
         if step % config.save_steps == 0 or step == config.max_steps:
-            _save_checkpoint(out, step, config, unwrapped, processor, optimizer, scheduler, policy, min_pixels, max_pixels)
+            _save_checkpoint(out, step, config, unwrapped, processor, optimizer, scheduler, policy, min_pixels,
+                             max_pixels, accelerator)
     bar.close()
+    accelerator.wait_for_everyone()
+    if not main:
+        return {"steps": config.max_steps, "resumed_from": checkpoint, "reward": row.get("reward"),
+                "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
+                "seconds": time.perf_counter() - started}
     log.close()
     _save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
     from rsagent.train.plot import plot_log
@@ -186,7 +210,9 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
     from rsagent.train.rewards import score_trajectory
 
     t0 = time.perf_counter()
-    chosen = [prompts[i] for i in prompts_for_step(len(prompts), step, config.prompts_per_step, config.seed)]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    drawn = prompts_for_step(len(prompts), step, config.prompts_per_step, config.seed)
+    chosen = [prompts[i] for i in drawn[rank::world]]  # each process plays its share of whole groups
     loaded = [sample.load() for sample in chosen]
     tasks, gts = [], {}
     for g, (sample, (image, gt)) in enumerate(zip(chosen, loaded)):
@@ -205,12 +231,12 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
     advantages, skipped = group_advantages([s.score for s in scores], config.group_size, config.scale_advantages)
     train = [(records[t.sample_id], a) for t, a in zip(trajs, advantages)
              if a != 0 and records.get(t.sample_id) is not None and records[t.sample_id].n_generated]
-    n_tokens = sum(rec.n_generated for rec, _ in train)
+    n_tokens = _global_sum(sum(rec.n_generated for rec, _ in train), accelerator)  # token-level: over all processes
     t1 = time.perf_counter()
     totals = Counter()
     grad_norm = 0.0
     model.train()
-    for _ in range(config.updates_per_step if train else 0):
+    for _ in range(config.updates_per_step if n_tokens else 0):
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(train), config.micro_batch):
             micro = train[start:start + config.micro_batch]
@@ -225,12 +251,13 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
             adv = torch.cat([torch.full_like(s.logprobs, a) for s, (_, a) in zip(scored, micro)]).detach()
             parts = clipped_loss(logprobs, torch.cat([s.old_logprobs for s in scored]), adv, config.clip_low,
                                  config.clip_high, ref_lp, config.kl_coef)
-            accelerator.backward(parts.loss / n_tokens)
+            (parts.loss / n_tokens).backward()
             totals.update(loss=float(parts.loss.detach()), clipped=parts.clipped, ratio=parts.ratio_sum,
                           kl=parts.kl_sum, tokens=parts.tokens,
                           entropy=float(sum(s.entropy.sum() for s in scored)))
             totals["ratio_max"] = max(totals["ratio_max"], parts.ratio_max)
-        grad_norm = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
+        _sync_gradients(params, accelerator)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
     lr = scheduler.get_last_lr()[0]
     scheduler.step()
@@ -245,10 +272,62 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
         "generated_tokens": sum(r.n_generated for r in records.values() if r is not None),
         "seconds_rollout": t_rollout, "seconds_update": t_update,
         "tokens_per_second": (n_tokens * config.updates_per_step) / max(t_update, 1e-9) if train else None})
-    if config.gallery_steps and step % config.gallery_steps == 0:
+    row = _merged(row, len(trajs), accelerator)
+    if config.gallery_steps and step % config.gallery_steps == 0 and accelerator.is_main_process:
         _write_gallery(out / GALLERY_DIR / f"step-{step}.html", step, trajs, scores, advantages, loaded,
                        config.group_size, config.gallery_groups)
     return row
+
+
+SUMMED = ("groups_skipped", "groups", "failed", "episodes_trained", "generated_tokens")
+
+
+def _merged(row: dict, episodes: int, accelerator) -> dict:
+    """The step's row over all processes: counts summed, everything else averaged by episodes (the
+    update's numbers are the same everywhere after the gradient sum; averaging keeps them)."""
+    if accelerator.num_processes == 1:
+        return row
+    import torch
+
+    rows: list = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(rows, (row, episodes))
+    total = sum(n for _, n in rows)
+    keys = sorted({k for r, _ in rows for k in r})
+    merged = {}
+    for key in keys:
+        absent = 0.0 if key.startswith("tools/") else None  # a tool no episode of a process called: 0 calls
+        values = [(r.get(key, absent), n) for r, n in rows if r.get(key, absent) is not None]
+        if key in SUMMED:
+            merged[key] = sum(v for v, _ in values)
+        elif values:
+            merged[key] = sum(v * n for v, n in values) / max(1, sum(n for _, n in values))
+        else:
+            merged[key] = None
+    merged["processes"] = accelerator.num_processes
+    merged["episodes"] = total
+    return merged
+
+
+def _global_sum(value: int, accelerator) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    import torch
+
+    total = torch.tensor([value], device=accelerator.device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
+
+
+def _sync_gradients(params, accelerator) -> None:
+    """Sum the processes' gradients (each loss is already divided by the step's global token count)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch
+
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        torch.distributed.all_reduce(param.grad)
 
 
 def _rollout_stats(trajs, scores, skipped: list[bool]) -> dict:
@@ -318,16 +397,24 @@ def _save_weights(folder: Path, config: RLConfig, unwrapped, processor, min_pixe
 
 
 def _save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor, optimizer, scheduler, policy,
-                     min_pixels: int, max_pixels: int) -> None:
+                     min_pixels: int, max_pixels: int, accelerator) -> None:
+    """OUT/checkpoint-N, written whole into a temporary folder then renamed; each process adds its sampler."""
     import torch
 
     folder = out / f"{CHECKPOINT_PREFIX}{step}"
     tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    _save_weights(tmp, config, unwrapped, processor, min_pixels, max_pixels, merge=False)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "sampler": policy.sampler_state, "torch_rng": torch.get_rng_state()}, tmp / STATE_FILE)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _save_weights(tmp, config, unwrapped, processor, min_pixels, max_pixels, merge=False)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   tmp / STATE_FILE)
+    accelerator.wait_for_everyone()
+    torch.save({"sampler": policy.sampler_state, "torch_rng": torch.get_rng_state()},
+               tmp / RANK_FILE.format(rank=accelerator.process_index))
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)  # a checkpoint folder is complete or absent
@@ -337,14 +424,18 @@ def _save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processo
             shutil.rmtree(old)
 
 
-def _restore(checkpoint: Path, optimizer, scheduler, policy) -> int:
+def _restore(checkpoint: Path, optimizer, scheduler, policy, rank: int) -> int:
     import torch
 
     state = torch.load(checkpoint / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    policy.sampler_state = state["sampler"]
-    torch.set_rng_state(state["torch_rng"])
+    mine = checkpoint / RANK_FILE.format(rank=rank)
+    if not mine.is_file():
+        raise RsagentError(f"--resume: {checkpoint} has no {mine.name}: resume with as many processes as the run had")
+    own = torch.load(mine, weights_only=False)
+    policy.sampler_state = own["sampler"]
+    torch.set_rng_state(own["torch_rng"])
     return int(state["step"])
 
 
