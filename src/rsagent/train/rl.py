@@ -29,12 +29,9 @@ without a tool call ends the episode). docs/training.md says more.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
 from collections import Counter
-from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +41,14 @@ from rsagent.train.callbacks import EVAL_DIR, LOG_FILE, evaluate_weights
 from rsagent.train.config import CONFIG_FILE, replace, write_config
 from rsagent.train.grpo import clipped_loss, group_advantages
 from rsagent.train.rl_config import RL_RESUMABLE_CHANGES, RLConfig
+from rsagent.train.rl_outputs import ADAPTER_DIR, GALLERY_DIR, RunLog, restore, save_checkpoint, save_weights, write_gallery
 from rsagent.train.run_dir import (
-    CHECKPOINT_PREFIX,
-    checkpoint_step,
     eval_dataset_spec,
     prepare_out,
     resolve_precision,
     truncate_log,
 )
 
-STATE_FILE = "rl_state.pt"  # optimizer, scheduler, step
-RANK_FILE = "rl_rank{rank}.pt"  # each process's sampler and RNG state
-GALLERY_DIR = "gallery"
-ADAPTER_DIR = "adapter"
 RL_CURVES = (("reward", "reward (total)"), ("reward/final", "final"), ("reward/process", "process"),
              ("reward/format", "format"), ("final_iou", "final IoU"))
 
@@ -141,7 +133,7 @@ def train_rl(config: RLConfig) -> dict:
                         model=net, processor=processor)
     start = 0
     if checkpoint is not None:
-        start = _restore(Path(checkpoint), optimizer, scheduler, policy, rank)
+        start = restore(Path(checkpoint), optimizer, scheduler, policy, rank)
     main = accelerator.is_main_process
     if main:
         if checkpoint is not None:
@@ -149,7 +141,7 @@ def train_rl(config: RLConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_config(config, out / CONFIG_FILE)
     segmenter = make_segmenter(config.segmenter)
-    log = _Log(out) if main else None
+    log = RunLog(out) if main else None
     rewards_config = config.reward_config()
 
     def held_out(step: int) -> None:
@@ -180,7 +172,7 @@ def train_rl(config: RLConfig) -> dict:
         if eval_spec is not None and step % config.eval_steps == 0:
             held_out(step)
         if step % config.save_steps == 0 or step == config.max_steps:
-            _save_checkpoint(out, step, config, unwrapped, processor, optimizer, scheduler, policy, min_pixels,
+            save_checkpoint(out, step, config, unwrapped, processor, optimizer, scheduler, policy, min_pixels,
                              max_pixels, accelerator)
     bar.close()
     accelerator.wait_for_everyone()
@@ -189,7 +181,7 @@ def train_rl(config: RLConfig) -> dict:
                 "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
                 "seconds": time.perf_counter() - started}
     log.close()
-    _save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
+    save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
     from rsagent.train.plot import plot_log
 
     plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train rl: {config.model}", curves=RL_CURVES,
@@ -274,7 +266,7 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
         "tokens_per_second": (n_tokens * config.updates_per_step) / max(t_update, 1e-9) if train else None})
     row = _merged(row, len(trajs), accelerator)
     if config.gallery_steps and step % config.gallery_steps == 0 and accelerator.is_main_process:
-        _write_gallery(out / GALLERY_DIR / f"step-{step}.html", step, trajs, scores, advantages, loaded,
+        write_gallery(out / GALLERY_DIR / f"step-{step}.html", step, trajs, scores, advantages, loaded,
                        config.group_size, config.gallery_groups)
     return row
 
@@ -351,7 +343,7 @@ def _rollout_stats(trajs, scores, skipped: list[bool]) -> dict:
     return row
 
 
-# --- weights in and out -------------------------------------------------------------------------------
+# --- the starting weights -----------------------------------------------------------------------
 def _load_trainable(config: RLConfig, checkpoint: str | None, device: str, dtype):
     """The policy's weights: the starting model (a checkpoint's when resuming full fine-tuning), LoRA wrapped."""
     from rsagent.policies.qwen import load_qwen_model
@@ -374,115 +366,6 @@ def _load_trainable(config: RLConfig, checkpoint: str | None, device: str, dtype
                                                 lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
                                                 target_modules=rf".*\.language_model\..*\.({names})"))
     return model
-
-
-def _save_weights(folder: Path, config: RLConfig, unwrapped, processor, min_pixels: int, max_pixels: int,
-                  merge: bool) -> None:
-    """Weights (LoRA: the adapter in folder/adapter/, and with `merge` the merged model too), the processor,
-    the pixel limits and the config: a folder `--policy qwen --model` loads."""
-    from rsagent.policies.qwen import save_pixel_limits
-
-    folder.mkdir(parents=True, exist_ok=True)
-    if config.lora:
-        unwrapped.save_pretrained(str(folder / ADAPTER_DIR))
-        if merge:
-            import copy
-
-            copy.deepcopy(unwrapped).merge_and_unload().save_pretrained(str(folder))
-    else:
-        unwrapped.save_pretrained(str(folder))
-    processor.save_pretrained(str(folder))
-    save_pixel_limits(folder, min_pixels, max_pixels)
-    write_config(config, folder / CONFIG_FILE)
-
-
-def _save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor, optimizer, scheduler, policy,
-                     min_pixels: int, max_pixels: int, accelerator) -> None:
-    """OUT/checkpoint-N, written whole into a temporary folder then renamed; each process adds its sampler."""
-    import torch
-
-    folder = out / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        _save_weights(tmp, config, unwrapped, processor, min_pixels, max_pixels, merge=False)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   tmp / STATE_FILE)
-    accelerator.wait_for_everyone()
-    torch.save({"sampler": policy.sampler_state, "torch_rng": torch.get_rng_state()},
-               tmp / RANK_FILE.format(rank=accelerator.process_index))
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)  # a checkpoint folder is complete or absent
-    if config.save_total_limit:
-        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
-        for old in done[:-config.save_total_limit]:
-            shutil.rmtree(old)
-
-
-def _restore(checkpoint: Path, optimizer, scheduler, policy, rank: int) -> int:
-    import torch
-
-    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    mine = checkpoint / RANK_FILE.format(rank=rank)
-    if not mine.is_file():
-        raise RsagentError(f"--resume: {checkpoint} has no {mine.name}: resume with as many processes as the run had")
-    own = torch.load(mine, weights_only=False)
-    policy.sampler_state = own["sampler"]
-    torch.set_rng_state(own["torch_rng"])
-    return int(state["step"])
-
-
-# --- logs and the gallery -----------------------------------------------------------------------------
-class _Log:
-    """Each row to OUT/log.jsonl and to TensorBoard (OUT/runs/)."""
-
-    def __init__(self, out: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = out / LOG_FILE
-        self.board = SummaryWriter(str(out / "runs"))
-
-    def write(self, step: int, row: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
-        for key, value in clean.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
-                self.board.add_scalar(key if key.startswith("eval_") else f"train/{key}", value, step)
-        self.board.flush()
-
-    def close(self) -> None:
-        self.board.close()
-
-
-def _write_gallery(path: Path, step: int, trajs, scores, advantages, loaded, group_size: int, groups: int) -> None:
-    """The first `groups` prompts of the step, each with its whole group: rewards, advantage, every turn."""
-    from rsagent.eval.report import fmt
-    from rsagent.eval.results import atomic_write_text
-    from rsagent.synth.stats import page_head, trajectory_section
-
-    parts = [page_head(f"rsagent rl step {step}"), f"<h1>RL step {step}: sampled episodes</h1>",
-             "<p class='muted'>Each prompt's whole group; the advantage is the reward against the group's.</p>"]
-    for g in range(min(groups, len(loaded))):
-        image = loaded[g][0]
-        parts.append(f"<h2>Prompt {g + 1}: {escape(trajs[g * group_size].query)}</h2>")
-        for k in range(group_size):
-            i = g * group_size + k
-            facts = [("episode", escape(trajs[i].sample_id)), ("reward", fmt(scores[i].score)),
-                     ("advantage", fmt(advantages[i])), ("final IoU", fmt(trajs[i].metrics.get("iou"))),
-                     ("turns", str(len(trajs[i].turns))), ("end", escape(str(trajs[i].final.get("reason")))),
-                     *[(k2, fmt(v)) for k2, v in scores[i].breakdown.items() if k2 != "total"]]
-            parts.append(trajectory_section(trajs[i], image, facts))
-    parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(parts))
 
 
 __all__ = ["RLConfig", "prompt_spec", "prompts_for_step", "train_rl"]
