@@ -261,3 +261,21 @@ def test_two_processes_share_the_prompts_and_log_one_merged_row(taught_folder, t
     assert len(rows) == 1 and rows[0]["processes"] == 2 and rows[0]["episodes"] == 6 and rows[0]["groups"] == 2
     assert {p.name for p in (out / "checkpoint-1").glob("rl_*.pt")} == {"rl_state.pt", "rl_rank0.pt", "rl_rank1.pt"}
     assert (out / "model.safetensors").is_file()
+
+
+def test_plot_runs_draws_one_curve_per_seed(tmp_path):
+    from PIL import Image
+
+    from rsagent.train.plot import plot_runs
+
+    logs = {}
+    for seed in range(2):
+        path = tmp_path / f"s{seed}.jsonl"
+        path.write_text("".join(json.dumps({"step": s, "eval_rollout_gIoU": 0.1 + 0.01 * s * (seed + 1)}) + "\n"
+                                for s in (0, 10, 20)) + json.dumps({"step": 21, "reward": 0.3}) + "\n")
+        logs[f"seed {seed}"] = path
+    out = plot_runs(logs, tmp_path / "runs.png", title="two seeds")
+    with Image.open(out) as im:
+        assert im.size == (660, 418)
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours  # matplotlib's first two line colours

@@ -49,3 +49,26 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None,
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return Path(out)
+
+
+def plot_runs(logs: dict[str, str | Path], out: str | Path, key: str = "eval_rollout_gIoU",
+              ylabel: str = "held-out gIoU (greedy)", title: str | None = None) -> Path:
+    """One curve per run (label -> log.jsonl) of `key` against the step: seeds of one recipe side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, log in logs.items():
+        rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

@@ -50,7 +50,7 @@ from rsagent.train.run_dir import (
 )
 
 RL_CURVES = (("reward", "reward (total)"), ("reward/final", "final"), ("reward/process", "process"),
-             ("reward/format", "format"), ("final_iou", "final IoU"))
+             ("reward/format", "format"))  # reward/final is the final IoU
 
 
 # --- prompts ----------------------------------------------------------------------------------------
