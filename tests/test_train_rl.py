@@ -279,3 +279,17 @@ def test_plot_runs_draws_one_curve_per_seed(tmp_path):
         assert im.size == (660, 418)
         colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
     assert (31, 119, 180) in colours and (255, 127, 14) in colours  # matplotlib's first two line colours
+
+
+def test_prompts_of_excluded_kinds_are_left_out(tmp_path):
+    from rsagent.train.rl import load_prompts
+
+    base = dict(prompts="shapes", prompts_root=str(tmp_path / "shapes"), prompts_split="train:40", model="m", out="o")
+    every = load_prompts(load_rl_config(None, **base))
+    kept = load_prompts(load_rl_config(None, **base, exclude_kinds=["absent"]))
+    absent = [s for s in every if s.meta["kind"] == "absent"]
+    assert absent and len(kept) == len(every) - len(absent)
+    assert all(s.meta["kind"] != "absent" and s.meta["targets"] for s in kept)
+    kinds = sorted({s.meta["kind"] for s in every})
+    with pytest.raises(RsagentError, match="after excluding kinds"):
+        load_prompts(load_rl_config(None, **base, exclude_kinds=kinds))

@@ -175,6 +175,8 @@ def _add_train_parser(sub) -> None:
     group.add_argument("--prompts-root", dest="prompts_root", default=None, metavar="PATH",
                        help="the dataset's folder (shapes: its default folder)")
     group.add_argument("--prompts-split", dest="prompts_split", default=None, metavar="SPLIT")
+    group.add_argument("--exclude-kinds", dest="exclude_kinds", nargs="+", default=None, metavar="KIND",
+                       help="drop prompts of these kinds (the loader's `kind`, e.g. shapes' absent)")
     group.add_argument("--segmenter", default=None, help="the tool the episodes call (default grabcut)")
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     group = rl.add_argument_group("optimisation")
@@ -189,6 +191,10 @@ def _add_train_parser(sub) -> None:
     group.add_argument("--reward-final", dest="reward_final", type=float, default=None, metavar="W")
     group.add_argument("--reward-process", dest="reward_process", type=float, default=None, metavar="W")
     group.add_argument("--reward-format", dest="reward_format", type=float, default=None, metavar="W")
+    group.add_argument("--invalid-cost", dest="invalid_cost", type=float, default=None, metavar="C",
+                       help="process reward: cost of each rejected call")
+    group.add_argument("--noop-cost", dest="noop_cost", type=float, default=None, metavar="C",
+                       help="process reward: cost of each call that changes nothing")
     _train_weight_options(group)
     group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
     group.add_argument("--gallery-steps", dest="gallery_steps", type=int, default=None, metavar="N",

@@ -76,6 +76,17 @@ def prompt_spec(config: RLConfig):
     return DatasetSpec.create(config.prompts, root, config.prompts_split)
 
 
+def load_prompts(config: RLConfig) -> list:
+    """The prompt samples, without those whose loader `kind` is in `exclude_kinds`; none left is an error."""
+    prompts = prompt_spec(config).load()
+    if config.exclude_kinds:  # e.g. shapes' "absent" queries (docs/training.md, "RL on shapes")
+        prompts = [p for p in prompts if p.meta.get("kind") not in config.exclude_kinds]
+    if not prompts:
+        raise RsagentError(f"--prompts {config.prompts}: no samples"
+                           + (f" after excluding kinds {config.exclude_kinds}" if config.exclude_kinds else ""))
+    return prompts
+
+
 def prompts_for_step(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
     """Indices of step `step`'s prompts (1-based steps): epochs of seeded permutations, read in order,
     so a resumed run draws what the uninterrupted one would have."""
@@ -99,10 +110,7 @@ def train_rl(config: RLConfig) -> dict:
 
     started = time.perf_counter()
     config.check()
-    spec = prompt_spec(config)
-    prompts = spec.load()  # a wrong path or a malformed line fails before any model is loaded
-    if not prompts:
-        raise RsagentError(f"--prompts {config.prompts}: no samples")
+    prompts = load_prompts(config)  # a wrong path or a malformed line fails before any model is loaded
     bf16, dtype = resolve_precision(config.device, config.bf16, config.dtype)
     config = replace(config, bf16=bf16, dtype=dtype)
     out = Path(config.out)
@@ -368,4 +376,4 @@ def _load_trainable(config: RLConfig, checkpoint: str | None, device: str, dtype
     return model
 
 
-__all__ = ["RLConfig", "prompt_spec", "prompts_for_step", "train_rl"]
+__all__ = ["RLConfig", "load_prompts", "prompt_spec", "prompts_for_step", "train_rl"]

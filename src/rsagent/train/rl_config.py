@@ -24,6 +24,7 @@ class RLConfig:
     prompts: str | None = None
     prompts_root: str | None = None  # None for shapes: its default folder
     prompts_split: str | None = None
+    exclude_kinds: list[str] = field(default_factory=list)  # drop prompts whose loader kind is one of these
     model: str | None = None  # the SFT checkpoint (hub id or folder) the policy starts from
     out: str | None = None
     # length and batch: each step plays `group_size` episodes for each of `prompts_per_step` prompts
