@@ -293,3 +293,12 @@ def test_prompts_of_excluded_kinds_are_left_out(tmp_path):
     kinds = sorted({s.meta["kind"] for s in every})
     with pytest.raises(RsagentError, match="after excluding kinds"):
         load_prompts(load_rl_config(None, **base, exclude_kinds=kinds))
+
+
+def test_the_shipped_rl_configs_load():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    loaded = {p.stem: load_rl_config(p) for p in sorted(configs.glob("rl_*.yaml"))}
+    assert set(loaded) == {"rl_shapes_cpu", "rl_qwen7b_lora"}
+    cpu, big = loaded["rl_shapes_cpu"], loaded["rl_qwen7b_lora"]
+    assert cpu.device == "cpu" and cpu.exclude_kinds == ["absent"] and cpu.segmenter == "grabcut"
+    assert big.lora and big.segmenter == "sam2" and big.prompts_per_step % 8 == 0
