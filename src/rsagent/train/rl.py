@@ -184,16 +184,13 @@ def train_rl(config: RLConfig) -> dict:
                              max_pixels, accelerator)
     bar.close()
     accelerator.wait_for_everyone()
-    if not main:
-        return {"steps": config.max_steps, "resumed_from": checkpoint, "reward": row.get("reward"),
-                "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
-                "seconds": time.perf_counter() - started}
-    log.close()
-    save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
-    from rsagent.train.plot import plot_log
+    if main:
+        log.close()
+        save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
+        from rsagent.train.plot import plot_log
 
-    plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train rl: {config.model}", curves=RL_CURVES,
-             log_scale=False, left_title="mean reward of the sampled episodes")
+        plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train rl: {config.model}", curves=RL_CURVES,
+                 log_scale=False, left_title="mean reward of the sampled episodes")
     return {"steps": config.max_steps, "resumed_from": checkpoint, "reward": row.get("reward"),
             "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
             "seconds": time.perf_counter() - started}
@@ -235,18 +232,19 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
     t1 = time.perf_counter()
     totals = Counter()
     grad_norm = 0.0
+    micros = [train[i:i + config.micro_batch] for i in range(0, len(train), config.micro_batch)]
+    ref_lps = [None] * len(micros)
+    if ref is not None and n_tokens:  # the reference does not change: once per step, whatever the passes
+        with torch.no_grad(), accelerator.autocast():
+            ref_lps = [torch.cat([s.logprobs for s in score_episodes(ref, [rec for rec, _ in micro],
+                                                                        policy.banned_ids, policy.pad_id)])
+                       for micro in micros]
     model.train()
     for _ in range(config.updates_per_step if n_tokens else 0):
         optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(train), config.micro_batch):
-            micro = train[start:start + config.micro_batch]
+        for micro, ref_lp in zip(micros, ref_lps):
             with accelerator.autocast():
                 scored = score_episodes(net, [rec for rec, _ in micro], policy.banned_ids, policy.pad_id)
-                ref_lp = None
-                if ref is not None:
-                    with torch.no_grad():
-                        ref_lp = torch.cat([s.logprobs for s in score_episodes(
-                            ref, [rec for rec, _ in micro], policy.banned_ids, policy.pad_id)])
             logprobs = torch.cat([s.logprobs for s in scored])
             adv = torch.cat([torch.full_like(s.logprobs, a) for s, (_, a) in zip(scored, micro)]).detach()
             parts = clipped_loss(logprobs, torch.cat([s.old_logprobs for s in scored]), adv, config.clip_low,
