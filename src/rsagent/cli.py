@@ -26,6 +26,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_policy_args(seg)
     add_segmenter_args(seg)
     seg.add_argument("--out", default="out", help="output directory (default: ./out)")
+    _add_demo_parser(sub)
 
     ev = sub.add_parser("eval", help="run a policy and a segmenter on every sample of a dataset and score them")
     _add_run_args(ev)
@@ -53,7 +54,41 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_synth_parser(sub)
     _add_shapes_parser(sub)
     _add_train_parser(sub)
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub) -> None:
+    from rsagent.cli_options import POLICIES
+    from rsagent.web.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB  # no gradio: only `serve` needs it
+
+    srv = sub.add_parser("serve", help="a web app (Gradio): segment an image turn by turn, browse eval and synth "
+                         "folders (pip install rsagent[web]; docs/web.md)")
+    group = srv.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
+    group.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    group.add_argument("--browse", action="append", default=[], metavar="DIR",
+                       help="a folder whose eval and synth runs the Browse tab may open (repeatable); nothing "
+                       "outside these folders is read")
+    group.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                       help="largest upload, in MB (default %(default)g)")
+    group.add_argument("--max-upload-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help="largest image (uploaded or browsed), in pixels (default %(default)d)")
+    add_policy_args(srv)
+    add_segmenter_args(srv)
+    # the shipped trained agent where this installation has it, else the oracle (it needs a ground truth)
+    srv.set_defaults(policy="demo" if "demo" in POLICIES else "oracle")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise RsagentError("rsagent serve needs the web extra: pip install 'rsagent[web]'")
+    from rsagent.web.app import serve
+
+    return serve(args)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -329,6 +364,43 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_parser(sub) -> None:
+    demo = sub.add_parser("demo", help="the trained shapes agent shipped with rsagent, on a shapes scene it never "
+                          "trained on (or any picture): writes its turns as a page")
+    demo.add_argument("--seed", type=int, default=0, metavar="N",
+                      help="the scene: sample N of the shapes `test` split, which training never sees (default 0)")
+    demo.add_argument("--query", default=None, metavar="TEXT",
+                      help="what to segment (default: the scene's generated query); on a shapes scene the ground "
+                      "truth comes from the shapes query grammar (docs/shapes.md)")
+    demo.add_argument("--image", default=None, metavar="PATH",
+                      help="any picture instead of a shapes scene (needs --query; no ground truth, no IoU)")
+    demo.add_argument("--out", default="runs/demo-agent", metavar="DIR", help="output folder (default runs/demo-agent)")
+    demo.add_argument("--max-turns", type=int, default=8, metavar="N", help="turn budget (default 8)")
+    demo.add_argument("--device", default=None, help="torch device (default cpu)")
+    demo.add_argument("--dtype", default=None, help="float32 (default on cpu), bfloat16 or float16")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bar around a one-line result
+    from rsagent.demo import run_demo
+
+    demo = run_demo(args.out, seed=args.seed, query=args.query, image=args.image, max_turns=args.max_turns,
+                    device=args.device, dtype=args.dtype)
+    traj = demo.result.trajectory
+    for note in demo.notes:
+        print(f"note: {note}")
+    print(f"{demo.source}: {demo.query}")
+    iou = "n/a" if demo.result.iou is None else f"{demo.result.iou:.4f}"
+    print(f"turns={len(traj.turns)} end={traj.final['reason']} iou={iou} seconds={demo.seconds:.2f} "
+          f"out={demo.result.out_dir}")
+    if traj.final["reason"] == "failed":
+        print(f"rsagent: episode failed: {traj.final['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _dataset_spec(args: argparse.Namespace):
     from rsagent.eval.run import DatasetSpec
 
@@ -427,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         _default_root(args)
         if args.command == "segment":
             return _segment(args)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "eval":
             return _eval(args, ["rsagent", *raw])
         if args.command == "score":
@@ -439,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "serve":
+            return _serve(args)
     except RsagentError as exc:
         print(f"rsagent: error: {exc}", file=sys.stderr)
         return 2

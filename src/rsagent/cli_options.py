@@ -9,12 +9,14 @@ from rsagent.core.errors import RsagentError
 from rsagent.policies.base import Policy
 from rsagent.segmenters import SEGMENTERS, Segmenter, make_segmenter
 
-POLICIES = ("oracle", "qwen", "openai")
+POLICIES = ("oracle", "qwen", "openai", "demo")
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("policy")
-    group.add_argument("--policy", default="oracle", choices=POLICIES, help="who decides the tool calls")
+    group.add_argument("--policy", default="oracle", choices=POLICIES,
+                       help="who decides the tool calls; demo: the trained shapes agent shipped with rsagent "
+                       "(qwen, greedy, as trained; CPU unless --device; knows the shapes domain only)")
     group.add_argument("--max-turns", type=int, default=8, help="turn budget per episode (default 8)")
     group.add_argument("--box-jitter", type=float, default=0.0,
                        help="oracle: std of each box edge's noise, as a fraction of the box size (default 0)")
@@ -81,6 +83,13 @@ def build_policy(args: argparse.Namespace) -> Policy:
             model=args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels,
             reuse_cache=not args.no_kv_reuse, seed=args.seed))
+    if args.policy == "demo":
+        from rsagent.policies.demo_agent import demo_policy
+
+        if args.model:
+            raise RsagentError("--policy demo runs the agent shipped with rsagent; for another model folder "
+                               "use --policy qwen --model DIR")
+        return demo_policy(device=args.device, dtype=args.dtype, reuse_cache=not args.no_kv_reuse)
     if args.policy == "openai":
         from rsagent.policies.openai_compat import OpenAIConfig, OpenAIPolicy
 

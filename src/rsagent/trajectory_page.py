@@ -11,11 +11,12 @@ from html import escape
 from rsagent.core.trajectory import Trajectory, Turn
 
 TURN_STYLE = """.turn{display:flex;gap:1.5em;border-top:1px solid #ddd;padding:1em 0}
-.turn img{max-width:480px;border:1px solid #ccc} .txt{flex:1;min-width:0}
+.turn img{max-width:480px;border:1px solid #ccc;align-self:flex-start} .txt{flex:1;min-width:0}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:.6em;border-radius:4px;font-size:13px}
 .err{color:#b00020} .think{font-style:italic}"""
 _STYLE = f"""body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}}
-table.sum td{{padding:2px 12px 2px 0}} {TURN_STYLE}"""
+table.sum td{{padding:2px 12px 2px 0}} {TURN_STYLE}
+.turn img{{min-width:336px}}"""  # small pictures (112 px shapes scenes) are shown at least 3x
 
 
 def turn_block(turn: Turn, src: str) -> str:

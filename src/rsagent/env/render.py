@@ -76,15 +76,18 @@ def render_view(image: np.ndarray, view: View, masks: list[tuple[int, np.ndarray
     return render_overlay(pixels, in_view, view_caption(view))
 
 
-def turn_overlays(traj: Trajectory, image: np.ndarray) -> list[np.ndarray]:
-    """One picture per turn: the image the turn's observation showed, else the answer so far on view 0."""
+def turn_overlays(traj: Trajectory, image: np.ndarray, start: int = 0) -> list[np.ndarray]:
+    """One picture per turn: the image the turn's observation showed, else the answer so far on view 0.
+    `start`: skip the pictures of the first `start` turns (already shown by a caller that streams turns)."""
     views = {v.id: v for v in traj.views}
     masks = {c.id: decode_rle(c.rle) for c in traj.candidates}
     pictures = []
     latest: list[int] = []
-    for turn in traj.turns:
+    for position, turn in enumerate(traj.turns):
         if turn.candidate_id is not None:
             latest = [turn.candidate_id]
+        if position < start:
+            continue
         refs = turn.observation.images or [ImageRef(0, tuple(latest))]
         ref = refs[0]
         pictures.append(render_view(image, views[ref.view_id], [(m, masks[m]) for m in ref.mask_ids]))

@@ -86,10 +86,11 @@ def shrink(image: np.ndarray, masks: list[np.ndarray], side: int) -> tuple[np.nd
     return small, [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool) for m in masks]
 
 
-def _thumbnail(image: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def prediction_picture(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+    """The prediction filled (with its contour) and the ground truth outlined in green, long side at most `side`."""
     from rsagent.env.render import render_overlay
 
-    small, (p, g) = shrink(image, [pred, gt], THUMB_SIDE)
+    small, (p, g) = shrink(image, [pred, gt], side)
     out = render_overlay(small, [(1, p)] if p.any() else [])
     if g.any():
         contours, _ = cv2.findContours(g.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -213,7 +214,7 @@ def _card(out: Path, rec: dict, sample: Sample | None, predictions: Path | None)
                 if rec["status"] == "ok" and path.is_file():
                     pred = load_mask(path, size=(w, h))
             valid = gt.valid()
-            save_image(out / "gallery" / f"{name}.jpg", _thumbnail(image, pred & valid, gt.mask & valid))
+            save_image(out / "gallery" / f"{name}.jpg", prediction_picture(image, pred & valid, gt.mask & valid))
             picture = (f"<img src='{escape(_url('gallery', name + '.jpg'))}' loading='lazy' "
                        f"alt='{escape(sid)}: prediction filled, ground truth outlined in green'>")
         except Exception as exc:  # noqa: BLE001 - a picture that cannot be drawn must not stop the report

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole recipe on the shapes domain, from random weights, on one CPU (docs/results.md):
+#   1. base    rsagent shapes model --vision-steps 600        random tiny Qwen2.5-VL, vision tower pretrained (~5 min)
+#   2. synth   rsagent synth --dataset shapes --split train:5000   expert trajectories (~6 min)
+#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml   cold-start SFT (~45 min)
+#   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml     GRPO on whole episodes (~35 min)
+#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, SFT and SFT + RL (~10 min)
+#
+#   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
+#
+# Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
+# script can be run again after a session ends (about 1 h 45 min of one thread in all). Extra flags go to
+# the two training commands (for example --device cuda on a GPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/recipe}
+SEED=${2:-0}
+shift $(( $# < 2 ? $# : 2 ))
+RS=.venv/bin/rsagent
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+EVAL_N=${EVAL_N:-500}
+mkdir -p "$OUT"
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+
+# train STAGE_DIR rsagent-train-args...: resume from the newest checkpoint, or start over when there is none
+train() {
+    local dir=$1; shift
+    [ -f "$dir/model.safetensors" ] && { say "done: $dir"; return 0; }
+    local resume=""
+    if ls -d "$dir"/checkpoint-* >/dev/null 2>&1; then resume="--resume"; else rm -rf "$dir"; fi
+    say "train $dir $resume"
+    $RS train "$@" --out "$dir" --seed "$SEED" $resume
+}
+
+# evaluate MODEL SPLIT DIR [eval args...]: greedy episodes with the same settings as training's rollouts
+evaluate() {
+    local model=$1 split=$2 dir=$3; shift 3
+    [ -f "$dir/summary.json" ] && { say "done: $dir"; return 0; }
+    local resume=""
+    [ -f "$dir/run.json" ] && resume="--resume"
+    say "eval $model on $split -> $dir"
+    $RS eval --dataset shapes --split "$split:$EVAL_N" --policy qwen --model "$model" --max-turns 8 \
+        --max-new-tokens 200 --batch-size 16 --out "$dir" $resume "$@"
+}
+
+if [ ! -f "$OUT/base/model.safetensors" ]; then
+    say "base model -> $OUT/base"
+    rm -rf "$OUT/base"
+    $RS shapes model --out "$OUT/base" --vision-steps 600 --seed "$SEED"
+fi
+if [ ! -f "$OUT/synth/sft.jsonl" ]; then
+    resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
+    say "synthesize -> $OUT/synth $resume"
+    $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
+fi
+train "$OUT/sft" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/base" "$@"
+train "$OUT/rl" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"
+for split in test test-novel; do
+    for stage in base sft rl; do
+        evaluate "$OUT/$stage" "$split" "$OUT/eval/$stage-$split"
+    done
+done
+say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test)"
