@@ -63,8 +63,11 @@ class ModelThenOracle(Policy):
         return self.oracle.act(episodes)
 
 
-def build_model(size: str, device: str, dtype: torch.dtype):
+def build_model(size: str, device: str, dtype: torch.dtype, layers: int | None = None):
     config = tiny_qwen_config() if size == "tiny" else qwen25vl_7b_config()
+    if layers is not None:  # the same widths with fewer text layers (bench/gpu.py: what the layers cost)
+        text = config.text_config
+        text.num_hidden_layers, text.layer_types = layers, text.layer_types[:layers]
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(0)

@@ -61,6 +61,16 @@ def prompts(shape: tuple[int, int]):
     return first, second
 
 
+def wait(seg) -> None:
+    """CUDA runs asynchronously: wait for the encode's queued kernels before reading the clock
+    (a predict waits by itself, when its masks are copied to the CPU)."""
+    device = getattr(seg, "device", None)
+    if device is not None and device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 def time_segmenter(seg, images: list[np.ndarray], warmup: np.ndarray) -> dict[str, list[float]]:
     first_p, second_p = prompts(warmup.shape[:2])
     seg.set_image(warmup, key=("warmup",))
@@ -72,6 +82,7 @@ def time_segmenter(seg, images: list[np.ndarray], warmup: np.ndarray) -> dict[st
         before = seg.encode_count
         t0 = time.perf_counter()
         seg.set_image(img, key=("bench", i))
+        wait(seg)
         t1 = time.perf_counter()
         seg.predict(**first_p)
         t2 = time.perf_counter()
