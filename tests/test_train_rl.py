@@ -26,7 +26,7 @@ from rsagent.policies.qwen_tokens import score_episodes  # noqa: E402
 from rsagent.runner import run_episodes  # noqa: E402
 from rsagent.segmenters import make_segmenter  # noqa: E402
 from rsagent.shapes_model import MAX_PIXELS  # noqa: E402
-from rsagent.train import load_rl_config, train_rl  # noqa: E402
+from rsagent.train import RLConfig, load_rl_config, train_rl  # noqa: E402
 from rsagent.train.grpo import clipped_loss, group_advantages  # noqa: E402
 from rsagent.train.rl import prompts_for_step  # noqa: E402
 from rsagent.train.sft_data import SFTCollator, load_rows  # noqa: E402
@@ -181,7 +181,8 @@ def _weights(folder: Path) -> dict:
 def test_rl_logs_every_component_checkpoints_and_saves_a_loadable_policy(taught_folder, tmp_path):
     folder = taught_folder[0]
     result, out = _run(tmp_path, "run", taught_folder, eval_steps=2, eval_dataset="shapes",
-                       eval_root=str(tmp_path / "shapes"), eval_split="val:2", eval_n=2, eval_max_new_tokens=24)
+                       eval_root=str(tmp_path / "shapes"), eval_split="val:2", eval_n=2, eval_max_new_tokens=24,
+                       eval_sampled=True)
     assert result["steps"] == 2
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "reward" in r]
@@ -192,6 +193,12 @@ def test_rl_logs_every_component_checkpoints_and_saves_a_loadable_policy(taught_
     evals = [r for r in rows if "eval_rollout_gIoU" in r]
     assert [r["step"] for r in evals] == [0, 2]
     assert (out / "evals" / "step-2" / "summary.json").is_file()
+    # the held-out samples also played by the sampling policy GRPO optimises, at the training temperature
+    assert [r["step"] for r in rows if "eval_sampled_gIoU" in r] == [0, 2]
+    sampled = json.loads((out / "evals" / "step-2-sampled" / "summary.json").read_text())
+    greedy = json.loads((out / "evals" / "step-2" / "summary.json").read_text())
+    assert greedy["reproduce"]["models"]["policy"].endswith(":greedy")
+    assert sampled["reproduce"]["models"]["policy"].endswith(f":T={RLConfig.temperature},top_p=1.0")
     assert "Prompt 1" in (out / "gallery" / "step-1.html").read_text()
     assert (out / "log.png").stat().st_size > 1000
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]

@@ -234,7 +234,9 @@ def _add_train_parser(sub) -> None:
     group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
     group.add_argument("--gallery-steps", dest="gallery_steps", type=int, default=None, metavar="N",
                        help="write OUT/gallery/step-N.html every N steps (0: never)")
-    _train_eval_options(rl)
+    _train_eval_options(rl).add_argument(
+        "--eval-sampled", dest="eval_sampled", action=argparse.BooleanOptionalAction, default=None,
+        help="also play the held-out samples at the training temperature (eval_sampled_*: the reward GRPO optimises)")
 
 
 def _train_run_options(parser, configs: str):

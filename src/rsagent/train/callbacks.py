@@ -114,9 +114,10 @@ class RolloutEval(TrainerCallback):
 
 def evaluate_weights(model, processor, dataset, out: Path, *, model_name: str, max_turns: int, min_pixels: int,
                      max_pixels: int, max_new_tokens: int, batch_size: int, segmenter: str, seed: int, step: int,
-                     command: str) -> dict:
-    """Greedy episodes of `model` as it is now on `dataset` through `rsagent.eval.run.evaluate` (the code
-    `rsagent eval` runs), written to `out`; the metrics to log (eval_rollout_*)."""
+                     command: str, temperature: float = 0.0) -> dict:
+    """Episodes of `model` as it is now on `dataset` through `rsagent.eval.run.evaluate` (the code
+    `rsagent eval` runs), written to `out`; the metrics to log: eval_rollout_* when greedy (temperature 0),
+    eval_sampled_* when sampled (seeded by `seed`)."""
     from rsagent.env.episode import EpisodeConfig
     from rsagent.eval.run import evaluate
     from rsagent.policies.qwen import QwenConfig, QwenPolicy
@@ -128,7 +129,8 @@ def evaluate_weights(model, processor, dataset, out: Path, *, model_name: str, m
 
     def policy():
         return QwenPolicy(QwenConfig(model=model_name, device=str(net.device), min_pixels=min_pixels,
-                                     max_pixels=max_pixels, max_new_tokens=max_new_tokens, seed=seed),
+                                     max_pixels=max_pixels, max_new_tokens=max_new_tokens, seed=seed,
+                                     temperature=temperature),
                           model=net, processor=processor)
 
     started = time.perf_counter()
@@ -141,10 +143,11 @@ def evaluate_weights(model, processor, dataset, out: Path, *, model_name: str, m
     # well-formed: one parseable call whose arguments fit its tool's schema; valid: also carried out
     well_formed = (turns - int(tools.get("malformed") or 0)) / turns if turns else 0.0
     valid = (turns - int(tools.get("invalid") or 0)) / turns if turns else 0.0
-    return {"eval_rollout_gIoU": summary["gIoU"], "eval_rollout_cIoU": summary["cIoU"],
-            "eval_rollout_well_formed": well_formed, "eval_rollout_valid": valid,
-            "eval_rollout_turns": turns / max(1, summary["n"]), "eval_rollout_failed": summary["failed"],
-            "eval_rollout_seconds": time.perf_counter() - started}
+    prefix = "eval_sampled_" if temperature > 0 else "eval_rollout_"
+    metrics = {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"], "well_formed": well_formed, "valid": valid,
+               "turns": turns / max(1, summary["n"]), "failed": summary["failed"],
+               "seconds": time.perf_counter() - started}
+    return {prefix + key: value for key, value in metrics.items()}
 
 
 def _sharded(trainer) -> bool:

@@ -33,7 +33,7 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None,
         left.legend(loc="best", fontsize=8)
     left.grid(alpha=0.3)
     for key, label in (("eval_rollout_well_formed", "well-formed calls"), ("eval_rollout_valid", "valid calls"),
-                       ("eval_rollout_gIoU", "gIoU")):
+                       ("eval_rollout_gIoU", "gIoU"), ("eval_sampled_gIoU", "gIoU, sampled (training temperature)")):
         points = [(r["step"], r[key]) for r in rollouts if key in r]
         if points:
             right.plot(*zip(*points), marker="o", label=label)

@@ -157,10 +157,14 @@ def train_rl(config: RLConfig) -> dict:
             accelerator.wait_for_everyone()
             return
         net.eval()
-        metrics = evaluate_weights(net, processor, eval_spec, out / EVAL_DIR / f"step-{step}", model_name=config.model,
-                                   max_turns=config.max_turns, min_pixels=min_pixels, max_pixels=max_pixels,
-                                   max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size,
-                                   segmenter=config.segmenter, seed=config.seed, step=step, command="rl")
+        passes = [("", 0.0)] + ([("-sampled", config.temperature)] if config.eval_sampled else [])
+        metrics = {}
+        for suffix, temperature in passes:
+            metrics |= evaluate_weights(
+                net, processor, eval_spec, out / EVAL_DIR / f"step-{step}{suffix}", model_name=config.model,
+                max_turns=config.max_turns, min_pixels=min_pixels, max_pixels=max_pixels,
+                max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size,
+                segmenter=config.segmenter, seed=config.seed, step=step, command="rl", temperature=temperature)
         log.write(step, metrics)
         accelerator.wait_for_everyone()
 

@@ -15,7 +15,7 @@ from rsagent.train.config import LANGUAGE_PROJECTIONS, SCHEDULERS
 RL_RESUMABLE_CHANGES = frozenset({
     "max_steps", "resume", "device", "save_steps", "save_total_limit", "gallery_steps", "gallery_groups",
     "rollout_batch_size", "micro_batch", "eval_steps", "eval_dataset", "eval_root", "eval_split", "eval_n",
-    "eval_max_new_tokens", "eval_batch_size", "progress"})
+    "eval_max_new_tokens", "eval_batch_size", "eval_sampled", "progress"})
 
 
 @dataclass
@@ -83,6 +83,9 @@ class RLConfig:
     eval_n: int = 64
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 16
+    # also play the held-out samples at the training temperature (OUT/evals/step-N-sampled, eval_sampled_*):
+    # the mean final reward of the policy GRPO optimises, beside the greedy policy's
+    eval_sampled: bool = False
     progress: bool = True
     resume: bool = False
 

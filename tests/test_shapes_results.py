@@ -1,0 +1,54 @@
+"""scripts/shapes_results.py: docs/results.md's tables come from real `rsagent eval` folders, the paired
+differences equal `rsagent compare`'s, and an arm that was not run says so instead of vanishing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from rsagent.cli import main
+from rsagent.eval.compare import compare_runs
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "shapes_results.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("shapes_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_page_from_real_eval_folders(tmp_path):
+    evals = tmp_path / "recipe" / "eval"
+    root = tmp_path / "shapes"
+    # two "stages" that really differ: the oracle with one turn (box only, no corrections) and with eight
+    for name, turns in (("sft", 1), ("rl", 8)):
+        assert main(["eval", "--dataset", "shapes", "--root", str(root), "--split", "test:6", "--policy", "oracle",
+                     "--max-turns", str(turns), "--out", str(evals / f"{name}-test"), "--no-progress"]) == 0
+    results = _load_script()
+    text, data = results.build(tmp_path / "recipe")
+    sft = json.loads((evals / "sft-test" / "summary.json").read_text())
+    rl = json.loads((evals / "rl-test" / "summary.json").read_text())
+    assert data["arms"]["sft"]["test"]["gIoU"] == sft["gIoU"]
+    assert f"| SFT only | {sft['gIoU']:.3f} [" in text
+    assert f"| SFT + RL | {rl['gIoU']:.3f} [" in text
+    assert "| untrained | not run | not run | not run | not run |" in text
+    expected = compare_runs(evals / "sft-test", evals / "rl-test")
+    assert data["paired"]["SFT + RL - SFT only"]["test"]["gIoU"] == expected["gIoU"]
+    assert f"{expected['gIoU']['diff']:+.3f}" in text
+    assert data["turns"][8]["agent"]["gIoU"] == rl["gIoU"] and data["turns"][1]["agent"] is None
+
+    out = tmp_path / "docs" / "results.md"
+    notes = tmp_path / "notes.md"
+    notes.write_text("## By hand\n")
+    argv, sys.argv = sys.argv, ["shapes_results.py", str(tmp_path / "recipe"), "--out", str(out), "--notes", str(notes)]
+    try:
+        results.main()
+    finally:
+        sys.argv = argv
+    assert out.read_text().endswith("## By hand\n")
+    assert (tmp_path / "docs" / "results" / "ablation.png").stat().st_size > 5000
+    assert json.loads((tmp_path / "docs" / "results" / "ablation.json").read_text())["arms"]["rl"]["test"]["n"] == 6
