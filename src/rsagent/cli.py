@@ -59,7 +59,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_parser(sub) -> None:
-    from rsagent.cli_options import POLICIES
     from rsagent.web.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB  # no gradio: only `serve` needs it
 
     srv = sub.add_parser("serve", help="a web app (Gradio): segment an image turn by turn, browse eval and synth "
@@ -77,8 +76,7 @@ def _add_serve_parser(sub) -> None:
                        help="largest image (uploaded or browsed), in pixels (default %(default)d)")
     add_policy_args(srv)
     add_segmenter_args(srv)
-    # the shipped trained agent where this installation has it, else the oracle (it needs a ground truth)
-    srv.set_defaults(policy="demo" if "demo" in POLICIES else "oracle")
+    srv.set_defaults(policy="demo")  # the shipped trained agent (the oracle needs a ground truth)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -354,11 +352,19 @@ def _segment(args: argparse.Namespace) -> int:
     segmenter = build_segmenter(args)
     result = segment_image(args.image, args.query, policy, segmenter, gt_mask_path=args.gt_mask,
                            max_turns=args.max_turns, out_dir=args.out)
+    return _report_episode(result, result.trajectory.timings["total"])
+
+
+def _report_episode(result, seconds: float, iou_na: bool = False) -> int:
+    """The one result line of `segment` and `demo` (`iou_na`: say iou=n/a when there is no ground truth);
+    exit status 1 when the episode failed."""
     traj = result.trajectory
     parts = [f"turns={len(traj.turns)}", f"end={traj.final['reason']}"]
     if result.iou is not None:
         parts.append(f"iou={result.iou:.4f}")
-    parts += [f"seconds={traj.timings['total']:.2f}", f"out={result.out_dir}"]
+    elif iou_na:
+        parts.append("iou=n/a")
+    parts += [f"seconds={seconds:.2f}", f"out={result.out_dir}"]
     print(" ".join(parts))
     if traj.final["reason"] == "failed":
         print(f"rsagent: episode failed: {traj.final['error']}", file=sys.stderr)
@@ -390,17 +396,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     demo = run_demo(args.out, seed=args.seed, query=args.query, image=args.image, max_turns=args.max_turns,
                     device=args.device, dtype=args.dtype)
-    traj = demo.result.trajectory
     for note in demo.notes:
         print(f"note: {note}")
     print(f"{demo.source}: {demo.query}")
-    iou = "n/a" if demo.result.iou is None else f"{demo.result.iou:.4f}"
-    print(f"turns={len(traj.turns)} end={traj.final['reason']} iou={iou} seconds={demo.seconds:.2f} "
-          f"out={demo.result.out_dir}")
-    if traj.final["reason"] == "failed":
-        print(f"rsagent: episode failed: {traj.final['error']}", file=sys.stderr)
-        return 1
-    return 0
+    return _report_episode(demo.result, demo.seconds, iou_na=True)
 
 
 def _dataset_spec(args: argparse.Namespace):
