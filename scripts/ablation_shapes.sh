@@ -20,39 +20,26 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 EVAL_N=${EVAL_N:-500}
 SEEDS=${SEEDS:-"1 2"}
 RL_ONLY_STEPS=${RL_ONLY_STEPS:-5}
-say() { echo "[$(date +%H:%M:%S)] $*"; }
 
 EVAL_N=$EVAL_N bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
-train_rl() {  # train_rl DIR SEED rsagent-train-rl-args...
-    local dir=$1 seed=$2; shift 2
-    [ -f "$dir/model.safetensors" ] && { say "done: $dir"; return 0; }
-    local resume=""
-    if ls -d "$dir"/checkpoint-* >/dev/null 2>&1; then resume="--resume"; else rm -rf "$dir"; fi
-    say "train rl $dir $resume"
-    $RS train rl --config configs/rl_shapes_cpu.yaml --out "$dir" --seed "$seed" $resume "$@"
-}
-evaluate() {  # evaluate POLICY-ARGS... -- SPLIT DIR [more eval args]
-    local args=(); while [ "$1" != "--" ]; do args+=("$1"); shift; done; shift
-    local split=$1 dir=$2; shift 2
-    [ -f "$dir/summary.json" ] && { say "done: $dir"; return 0; }
-    local resume=""; [ -f "$dir/run.json" ] && resume="--resume"
-    say "eval ${args[*]} on $split -> $dir"
-    $RS eval --dataset shapes --split "$split:$EVAL_N" "${args[@]}" --max-new-tokens 200 --batch-size 16 \
-        --out "$dir" $resume "$@"
-}
+source scripts/shapes_lib.sh
 
-train_rl "$OUT/rl-only" 0 --model "$OUT/base" --max-steps "$RL_ONLY_STEPS" "$@"
-train_rl "$OUT/rl-nofinal" 0 --model "$OUT/sft" --reward-final 0 "$@"
-for seed in $SEEDS; do train_rl "$OUT/rl-s$seed" "$seed" --model "$OUT/sft" "$@"; done
+train "$OUT/rl-only" 0 rl --config configs/rl_shapes_cpu.yaml --model "$OUT/base" --max-steps "$RL_ONLY_STEPS" "$@"
+train "$OUT/rl-nofinal" 0 rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" --reward-final 0 "$@"
+for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"; done
 
 for split in test test-novel; do
     for stage in rl-only rl-nofinal $(for s in $SEEDS; do echo rl-s$s; done); do
         evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
     done
     evaluate --policy oracle --max-turns 8 -- "$split" "$OUT/eval/oracle-$split"
-    [ -f "$OUT/eval/box-only-$split.json" ] || .venv/bin/python bench/shapes_oracle.py --n "$EVAL_N" \
-        --split "$split" --out "$OUT/eval/box-only-$split.json"
+    box="$OUT/eval/box-only-$split.json"
+    if [ "$(.venv/bin/python -c 'import json,sys; d=json.load(open(sys.argv[1])); print(next(iter(d["settings"].values()))["all"]["n"])' \
+            "$box" 2>/dev/null)" != "$EVAL_N" ]; then
+        say "box-only and oracle turn budgets on $split:$EVAL_N -> $box"
+        .venv/bin/python bench/shapes_oracle.py --n "$EVAL_N" --split "$split" --out "$box"
+    fi
 done
 for turns in 1 2 4; do
     evaluate --policy qwen --model "$OUT/rl" --max-turns "$turns" -- test "$OUT/eval/rl-test-turns$turns"

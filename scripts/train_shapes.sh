@@ -20,28 +20,7 @@ RS=.venv/bin/rsagent
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 EVAL_N=${EVAL_N:-500}
 mkdir -p "$OUT"
-say() { echo "[$(date +%H:%M:%S)] $*"; }
-
-# train STAGE_DIR rsagent-train-args...: resume from the newest checkpoint, or start over when there is none
-train() {
-    local dir=$1; shift
-    [ -f "$dir/model.safetensors" ] && { say "done: $dir"; return 0; }
-    local resume=""
-    if ls -d "$dir"/checkpoint-* >/dev/null 2>&1; then resume="--resume"; else rm -rf "$dir"; fi
-    say "train $dir $resume"
-    $RS train "$@" --out "$dir" --seed "$SEED" $resume
-}
-
-# evaluate MODEL SPLIT DIR [eval args...]: greedy episodes with the same settings as training's rollouts
-evaluate() {
-    local model=$1 split=$2 dir=$3; shift 3
-    [ -f "$dir/summary.json" ] && { say "done: $dir"; return 0; }
-    local resume=""
-    [ -f "$dir/run.json" ] && resume="--resume"
-    say "eval $model on $split -> $dir"
-    $RS eval --dataset shapes --split "$split:$EVAL_N" --policy qwen --model "$model" --max-turns 8 \
-        --max-new-tokens 200 --batch-size 16 --out "$dir" $resume "$@"
-}
+source scripts/shapes_lib.sh
 
 if [ ! -f "$OUT/base/model.safetensors" ]; then
     say "base model -> $OUT/base"
@@ -53,11 +32,11 @@ if [ ! -f "$OUT/synth/sft.jsonl" ]; then
     say "synthesize -> $OUT/synth $resume"
     $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
 fi
-train "$OUT/sft" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/base" "$@"
-train "$OUT/rl" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"
+train "$OUT/sft" "$SEED" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/base" "$@"
+train "$OUT/rl" "$SEED" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"
 for split in test test-novel; do
     for stage in base sft rl; do
-        evaluate "$OUT/$stage" "$split" "$OUT/eval/$stage-$split"
+        evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
     done
 done
 say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test)"

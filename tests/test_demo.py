@@ -62,7 +62,9 @@ def test_demo_on_a_test_scene_writes_the_page_and_reports_the_true_iou(tmp_path)
     assert all(f"src='{n}'" in page for n in names) and sample.query in page
     traj = json.loads((out / "trajectory.json").read_text())
     assert traj["query"] == sample.query and len(traj["turns"]) == turns
-    assert "shapes_demo" in traj["config"]["policy"]
+    # reports name the shipped agent, not this machine's install path; the settings keep the path
+    assert traj["config"]["policy"] == "qwen:shipped shapes agent:greedy"
+    assert traj["config"]["policy_settings"]["model"].endswith("shapes_demo")
     with Image.open(out / "image.png") as im:
         assert np.array_equal(np.asarray(im), sample.scene.image)
 

@@ -162,9 +162,24 @@ def test_existing_results_need_resume_and_resume_completes(dataset, tmp_path):
     again = score(spec, pred, tmp_path / "r", resume=True, progress=False, report=False)
     assert comparable(again) == comparable(first)
     assert len((tmp_path / "r" / "results.jsonl").read_text().splitlines()) == 9
-    with pytest.raises(Exception, match=r"another configuration \(dataset.limit: None then, 3 now\)"):
+    with pytest.raises(Exception, match=r"beyond the 3 samples asked now; a resumed run can take more samples"):
         score(DatasetSpec.create("manifest", root, limit=3), pred, tmp_path / "r", resume=True, progress=False,
               report=False)
+
+
+def test_resume_with_more_samples_extends_the_run(dataset, tmp_path):
+    """test:200 then test:500 with --resume: the first samples are kept, the rest scored, as one fresh run."""
+    root, _, pred, _ = dataset
+    full = score(DatasetSpec.create("manifest", root), pred, tmp_path / "full", progress=False, report=False)
+    score(DatasetSpec.create("manifest", root, limit=4), pred, tmp_path / "r", progress=False, report=False)
+    first_lines = (tmp_path / "r" / "results.jsonl").read_text().splitlines()
+    extended = score(DatasetSpec.create("manifest", root), pred, tmp_path / "r", resume=True, progress=False,
+                     report=False)
+    assert comparable(extended) == comparable(full) and full["n"] == 9
+    lines = (tmp_path / "r" / "results.jsonl").read_text().splitlines()
+    assert lines[:4] == first_lines and len(lines) == 9
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["config"]["dataset"]["limit"] is None and len(run["invocations"]) == 2
 
 
 def test_bad_predictions_folder(dataset, tmp_path):

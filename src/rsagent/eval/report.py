@@ -20,7 +20,7 @@ import numpy as np
 from rsagent.core.image import load_image, load_mask, save_image
 from rsagent.core.trajectory import Trajectory
 from rsagent.data.base import Sample
-from rsagent.eval.results import atomic_write_text, safe_name
+from rsagent.eval.results import atomic_write_text, prediction_path, safe_name
 
 GT_COLOUR = (40, 230, 90)
 THUMB_SIDE = 384
@@ -208,8 +208,6 @@ def _card(out: Path, rec: dict, sample: Sample | None, predictions: Path | None)
                 if mask_path.is_file():
                     pred = load_mask(mask_path, size=(w, h))
             else:
-                from rsagent.eval.run import prediction_path
-
                 path = prediction_path(predictions, sid)
                 if rec["status"] == "ok" and path.is_file():
                     pred = load_mask(path, size=(w, h))

@@ -120,3 +120,14 @@ def read_results(path: Path, repair: bool = False) -> list[dict]:
     if repair and good_end != len(data):
         os.truncate(path, good_end)
     return records
+
+
+def prediction_path(pred_dir: Path, sample_id: str) -> Path:
+    """`PRED/<sample_id>.png`; for an id that is not a safe relative path, `PRED/<safe_name(id)>.png`."""
+    parts = Path(sample_id).parts
+    literal_ok = sample_id and not Path(sample_id).is_absolute() and ".." not in parts
+    literal = pred_dir / f"{sample_id}.png"
+    if literal_ok and literal.is_file():
+        return literal
+    safe = pred_dir / f"{safe_name(sample_id)}.png"
+    return safe if safe.is_file() or not literal_ok else literal

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -38,7 +39,8 @@ from rsagent.core.trajectory import Trajectory
 from rsagent.data import Sample, load_dataset
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.eval.metrics import Protocol, get_protocol
-from rsagent.eval.results import RESULTS, ResultsWriter, atomic_write_bytes, atomic_write_text, read_results, safe_name
+from rsagent.eval.results import (RESULTS, ResultsWriter, atomic_write_bytes, atomic_write_text, prediction_path,
+                                  read_results, safe_name)
 from rsagent.eval.summary import build_summary, git_revision, package_versions
 from rsagent.policies.base import Policy
 from rsagent.runner import run_episodes
@@ -175,17 +177,6 @@ class EpisodeWorker:
         return Outcome(record, traj.to_dict())
 
 
-def prediction_path(pred_dir: Path, sample_id: str) -> Path:
-    """`PRED/<sample_id>.png`; for an id that is not a safe relative path, `PRED/<safe_name(id)>.png`."""
-    parts = Path(sample_id).parts
-    literal_ok = sample_id and not Path(sample_id).is_absolute() and ".." not in parts
-    literal = pred_dir / f"{sample_id}.png"
-    if literal_ok and literal.is_file():
-        return literal
-    safe = pred_dir / f"{safe_name(sample_id)}.png"
-    return safe if safe.is_file() or not literal_ok else literal
-
-
 def score_sample(sample: Sample, pred_dir: Path, protocol: Protocol) -> dict:
     """One result line for a prediction file (missing or unreadable: scored as empty)."""
     t0 = time.perf_counter()
@@ -270,6 +261,16 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def _same_but_sample_count(a: dict, b: dict) -> bool:
+    """Whether two run configurations differ at most in how many samples of the same split they take."""
+    def strip(config: dict) -> dict:
+        dataset = dict(config.get("dataset") or {})
+        dataset["split"] = re.sub(r":\d+$", "", str(dataset.get("split")))
+        dataset.pop("limit", None)
+        return {**config, "dataset": dataset}
+    return strip(a) == strip(b)
+
+
 def _flat(d, prefix=""):
     if isinstance(d, dict):
         out = {}
@@ -308,10 +309,15 @@ class _Run:
                                "or choose another --out")
         self.config = _jsonable(self.config)
         revision = git_revision()
+        extending = False
         if self.resume and run_json.exists():
             self.meta = json.loads(run_json.read_text(encoding="utf-8"))
             stored = self.meta.get("config", {})
-            if stored != self.config:
+            extending = stored != self.config and _same_but_sample_count(stored, self.config)
+            if extending:
+                # more samples of the same split (test:200 -> test:500): the finished ones stay, the rest run now
+                self.meta["config"] = self.config
+            elif stored != self.config:
                 a, b = _flat(stored), _flat(self.config)
                 diff = [f"{k}: {a.get(k, '(unset)')!r} then, {b.get(k, '(unset)')!r} now"
                         for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -329,6 +335,10 @@ class _Run:
         self._save_meta()
         ids = {s.sample_id for s in self.samples}
         for rec in read_results(results, repair=True):
+            if rec["sample_id"] not in ids and extending:
+                raise RsagentError(f"--resume: {results} holds sample {rec['sample_id']!r}, which is beyond the "
+                                   f"{len(ids)} samples asked now; a resumed run can take more samples of its split, "
+                                   "not fewer: choose another --out")
             if rec["sample_id"] not in ids:
                 raise RsagentError(f"{results} holds sample {rec['sample_id']!r}, which is not in the dataset as "
                                    "listed now; was the dataset changed? choose another --out")

@@ -41,6 +41,8 @@ def demo_policy(device: str | None = None, dtype: str | None = None, reuse_cache
     from rsagent.policies.qwen import QwenConfig, QwenPolicy  # torch: only when the agent is really used
 
     info = demo_agent_info()
-    return QwenPolicy(QwenConfig(model=str(demo_agent_dir()), device=device or "cpu", dtype=dtype,
+    policy = QwenPolicy(QwenConfig(model=str(demo_agent_dir()), device=device or "cpu", dtype=dtype,
                                  temperature=0.0, max_new_tokens=int(info["max_new_tokens"]),
                                  reuse_cache=reuse_cache))
+    policy.model_label = "shipped shapes agent"  # not the install path, which differs per machine
+    return policy

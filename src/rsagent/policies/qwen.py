@@ -173,6 +173,7 @@ class _Chunk:
 
 class QwenPolicy(Policy):
     name = "qwen"
+    model_label: str | None = None  # shown in place of the model path in `identifier` (the shipped agent)
 
     def __init__(self, config: QwenConfig = QwenConfig(), model=None, processor: QwenVLProcessor | None = None) -> None:
         min_pixels, max_pixels = pixel_limits(config.model, config.min_pixels, config.max_pixels)
@@ -197,7 +198,7 @@ class QwenPolicy(Policy):
     @property
     def identifier(self) -> str:
         mode = "greedy" if self.config.temperature <= 0 else f"T={self.config.temperature},top_p={self.config.top_p}"
-        return f"qwen:{self.config.model}:{mode}"
+        return f"qwen:{self.model_label or self.config.model}:{mode}"
 
     @property
     def settings(self) -> dict:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -262,7 +263,11 @@ def _step(config: RLConfig, step: int, prompts, policy, segmenter, model, net, r
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
     lr = scheduler.get_last_lr()[0]
-    scheduler.step()
+    with warnings.catch_warnings():
+        # a step whose groups were all flat updates nothing, yet the schedule follows the step count, so
+        # that a resumed run and an uninterrupted one keep the same learning rate at every step
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
     t_update = time.perf_counter() - t1
     row = _rollout_stats(trajs, scores, skipped)
     seen = max(1, totals["tokens"])

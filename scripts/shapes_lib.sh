@@ -1,0 +1,30 @@
+# Shell helpers shared by scripts/train_shapes.sh and scripts/ablation_shapes.sh (sourced, not run).
+# They expect RS (the rsagent command) and EVAL_N (scenes per split) to be set.
+
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+
+# train DIR SEED KIND rsagent-train-args...: resume from the newest checkpoint, or start over when there is none
+train() {
+    local dir=$1 seed=$2 kind=$3; shift 3
+    [ -f "$dir/model.safetensors" ] && { say "done: $dir"; return 0; }
+    local resume=""
+    if ls -d "$dir"/checkpoint-* >/dev/null 2>&1; then resume="--resume"; else rm -rf "$dir"; fi
+    say "train $kind $dir $resume"
+    $RS train "$kind" "$@" --out "$dir" --seed "$seed" $resume
+}
+
+# evaluate POLICY-ARGS... -- SPLIT DIR [more eval args]: greedy episodes on the first EVAL_N scenes of SPLIT,
+# with the settings of training's rollouts. A finished run of fewer scenes is extended (eval --resume keeps
+# its samples), an interrupted one resumed.
+evaluate() {
+    local args=(); while [ "$1" != "--" ]; do args+=("$1"); shift; done; shift
+    local split=$1 dir=$2; shift 2
+    if [ -f "$dir/summary.json" ] && [ "$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["n"])' \
+            "$dir/summary.json")" = "$EVAL_N" ]; then
+        say "done: $dir"; return 0
+    fi
+    local resume=""; [ -f "$dir/run.json" ] && resume="--resume"
+    say "eval ${args[*]} on $split:$EVAL_N -> $dir $resume"
+    $RS eval --dataset shapes --split "$split:$EVAL_N" "${args[@]}" --max-new-tokens 200 --batch-size 16 \
+        --out "$dir" $resume "$@"
+}
