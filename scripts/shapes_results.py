@@ -37,11 +37,13 @@ def summary(folder: Path) -> dict | None:
     return s
 
 
-def cell(s: dict | None, metric: str) -> str:
+def cell(s: dict | None, metric: str, n: int | str | None = None) -> str:
+    """`value [lo, hi]`, with the run's own sample count when it is not the column's `n`."""
     if s is None:
         return "not run"
     lo, hi = s["ci95"][metric]
-    return f"{s[metric]:.3f} [{lo:.3f}, {hi:.3f}]"
+    other = f" (n={s['n']})" if n is not None and s.get("n") != n else ""
+    return f"{s[metric]:.3f} [{lo:.3f}, {hi:.3f}]{other}"
 
 
 def paired(evals: Path, a: str, b: str, split: str) -> dict | None:
@@ -86,19 +88,23 @@ def build(out: Path) -> tuple[str, dict]:
         s = {split: summary(evals / f"{name}-{split}") for split in SPLITS}
         data["arms"][name] = {split: None if v is None else {k: v[k] for k in ("n", "gIoU", "cIoU", "ci95")}
                               for split, v in s.items()}
-        lines.append(f"| {label} | {cell(s['test'], 'gIoU')} | {cell(s['test'], 'cIoU')} | "
-                     f"{cell(s['test-novel'], 'gIoU')} | {cell(s['test-novel'], 'cIoU')} |")
+        lines.append(f"| {label} | {cell(s['test'], 'gIoU', n['test'])} | {cell(s['test'], 'cIoU', n['test'])} | "
+                     f"{cell(s['test-novel'], 'gIoU', n['test-novel'])} | {cell(s['test-novel'], 'cIoU', n['test-novel'])} |")
     for split in SPLITS:
         o = summary(evals / f"oracle-{split}")
         data["oracle"][split] = None if o is None else {k: o[k] for k in ("n", "gIoU", "cIoU", "ci95")}
-    lines.append(f"| *oracle expert (knows the answer), 8 turns* | {cell(data['oracle']['test'], 'gIoU')} | "
-                 f"{cell(data['oracle']['test'], 'cIoU')} | {cell(data['oracle']['test-novel'], 'gIoU')} | "
-                 f"{cell(data['oracle']['test-novel'], 'cIoU')} |")
+    lines.append(f"| *oracle expert (knows the answer), 8 turns* | {cell(data['oracle']['test'], 'gIoU', n['test'])} | "
+                 f"{cell(data['oracle']['test'], 'cIoU', n['test'])} | "
+                 f"{cell(data['oracle']['test-novel'], 'gIoU', n['test-novel'])} | "
+                 f"{cell(data['oracle']['test-novel'], 'cIoU', n['test-novel'])} |")
     box = {split: oracle_bench(evals, split) for split in SPLITS}
 
     def box_cell(split: str) -> str:
         b = (box[split] or {}).get(BOX_ONLY)
-        return "not run" if b is None else f"{b['all']['mean']:.3f} [{b['all']['ci95'][0]:.3f}, {b['all']['ci95'][1]:.3f}]"
+        if b is None:
+            return "not run"
+        other = f" (n={b['all']['n']})" if b["all"].get("n") != n[split] else ""
+        return f"{b['all']['mean']:.3f} [{b['all']['ci95'][0]:.3f}, {b['all']['ci95'][1]:.3f}]{other}"
     lines += [f"| *box-only (ground-truth boxes, then submit)* | {box_cell('test')} | - | {box_cell('test-novel')} | - |",
               ""]
 
@@ -126,7 +132,7 @@ def build(out: Path) -> tuple[str, dict]:
                                 "oracle": None if bench is None else bench["all"]}
         used = "-" if s is None else f"{s['turns']['mean']:.2f}"
         oracle = "-" if bench is None else f"{bench['all']['mean']:.3f}"
-        lines.append(f"| {turns} | {cell(s, 'gIoU')} | {used} | {oracle} |")
+        lines.append(f"| {turns} | {cell(s, 'gIoU', n['test'])} | {used} | {oracle} |")
     lines += ["", "![ablation](results/ablation.png)", ""]
     return "\n".join(lines), data
 
