@@ -6,7 +6,10 @@ Samples 0..n-1 of the split (generated in memory, the same as `rsagent shapes ma
 - box as mask: the target parts' ground-truth boxes themselves (no segmenter, no agent);
 - box-only: one `segment` with the ground-truth box per target part, then submit (8-turn budget);
 - oracle expert (zoom + boxes + corrective clicks) at 2, 4 and 8 turns;
-- random calls: uniformly random valid calls (segment / refine / zoom_in), then submit a random candidate.
+- random calls: uniformly random valid calls (segment / refine / zoom_in), then submit a random candidate;
+- query-blind box: the same box for every query, then submit; the box is the best of a grid (corners on
+  multiples of 28 px) on the first --blind-val `val` samples: what an agent that never reads the query
+  can reach by learning one good box.
 Reports mean IoU (= gIoU) with a 95% interval over samples, per query kind, turns used and seconds.
 """
 
@@ -28,6 +31,9 @@ from rsagent.data.shapes.generate import generate
 from rsagent.data.shapes.queries import QUERY_KINDS
 from rsagent.env.episode import Episode
 from rsagent.policies.base import Policy, format_answer
+
+
+BLIND = "query-blind box (one box for every query, then submit)"
 
 
 def _parts(mask: np.ndarray, limit: int) -> list[np.ndarray]:
@@ -86,6 +92,40 @@ class RandomCallPolicy(Policy):
                                                  "labels": [r.randint(0, 1)]})
 
 
+class ConstantBoxPolicy(Policy):
+    """`segment` the same box (pixels of the image) whatever the query, then submit that candidate."""
+
+    name = "constant-box"
+
+    def __init__(self, box: Sequence[int]) -> None:
+        self.box = [int(v) for v in box]
+
+    def act(self, episodes: Sequence[Episode]) -> list[str]:
+        out = []
+        for ep in episodes:
+            if ep.candidates:
+                out.append(format_answer("Done.", "submit", {"mask_ids": [ep.candidates[0].id]}))
+            else:
+                view = ep.views[0]
+                out.append(format_answer("Box it.", "segment",
+                                         {"box": ep.to_frame_box(view, view.box_from_image(self.box)), "view": 0}))
+        return out
+
+
+def best_blind_box(segmenter, n: int, step: int = 28, side: int = 112) -> tuple[list[int], float]:
+    """The grid box with the highest mean IoU on `val` samples 0..n-1, and that mean."""
+    samples = [generate("val", i) for i in range(n)]
+    tasks = [EpisodeTask(s.scene.image, s.query, s.sample_id, GroundTruth(s.mask)) for s in samples]
+    edges = range(0, side + 1, step)
+    boxes = [[x0, y0, x1, y1] for x0 in edges for x1 in edges if x1 > x0 for y0 in edges for y1 in edges if y1 > y0]
+    scored = []
+    for box in boxes:
+        trajs = run_episodes(ConstantBoxPolicy(box), segmenter, tasks, EpisodeConfig(max_turns=2), progress=False)
+        scored.append((float(np.mean([t.metrics["iou"] for t in trajs])), box))
+    mean, box = max(scored)
+    return box, mean
+
+
 def _ci(values) -> dict:
     v = np.asarray(values, float)
     half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
@@ -99,6 +139,8 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--segmenter", default="grabcut")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--blind-val", type=int, default=100,
+                        help="val samples that choose the query-blind box (0: leave that setting out)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     samples = [generate(args.split, i) for i in range(args.n)]
@@ -120,6 +162,13 @@ def main() -> None:
                 ("oracle expert, 4 turns", OraclePolicy(OracleConfig()), 4),
                 ("oracle expert, 8 turns", OraclePolicy(OracleConfig()), 8),
                 ("random calls, 8 turns", RandomCallPolicy(0), 8)]
+    blind = None
+    if args.blind_val > 0:
+        t = time.perf_counter()
+        box, val_mean = best_blind_box(segmenter, args.blind_val)
+        blind = {"box": box, "val_samples": args.blind_val, "val_mIoU": round(val_mean, 4)}
+        print(f"query-blind box {box}: val mIoU {val_mean:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+        settings.append((BLIND, ConstantBoxPolicy(box), 8))
     for label, policy, turns in settings:
         t = time.perf_counter()
         trajs = run_episodes(policy, segmenter, tasks, EpisodeConfig(max_turns=turns), progress=False)
@@ -136,7 +185,7 @@ def main() -> None:
                                     for k in QUERY_KINDS if k in kinds}}
     report = {"command": "bench/shapes_oracle.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None),
               "segmenter": segmenter.identifier, "kinds": {k: kinds.count(k) for k in QUERY_KINDS},
-              "wall_seconds": round(time.perf_counter() - t0, 1), "settings": table}
+              "wall_seconds": round(time.perf_counter() - t0, 1), "settings": table, "blind_box": blind}
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

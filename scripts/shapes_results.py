@@ -22,6 +22,7 @@ SPLITS = ("test", "test-novel")
 ARMS = (("untrained", "base"), ("SFT only", "sft"), ("RL only (from untrained)", "rl-only"),
         ("SFT + RL", "rl"), ("SFT + RL, no final reward", "rl-nofinal"))
 BOX_ONLY = "box-only (GT box per part, then submit)"
+BLIND = "query-blind box (one box for every query, then submit)"
 
 
 def summary(folder: Path) -> dict | None:
@@ -59,8 +60,12 @@ def seeds(out: Path) -> list[str]:
 
 
 def oracle_bench(evals: Path, split: str) -> dict | None:
+    """bench/shapes_oracle.py's settings for the split, with the query-blind box it chose (if any)."""
     path = evals / f"box-only-{split}.json"
-    return json.loads(path.read_text())["settings"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {**report["settings"], "blind_box": report.get("blind_box")}
 
 
 def verdict(d: dict | None, metric: str = "gIoU") -> str:
@@ -99,14 +104,18 @@ def build(out: Path) -> tuple[str, dict]:
                  f"{cell(data['oracle']['test-novel'], 'cIoU', n['test-novel'])} |")
     box = {split: oracle_bench(evals, split) for split in SPLITS}
 
-    def box_cell(split: str) -> str:
-        b = (box[split] or {}).get(BOX_ONLY)
+    def box_cell(split: str, setting: str = BOX_ONLY) -> str:
+        b = (box[split] or {}).get(setting)
         if b is None:
             return "not run"
         other = f" (n={b['all']['n']})" if b["all"].get("n") != n[split] else ""
         return f"{b['all']['mean']:.3f} [{b['all']['ci95'][0]:.3f}, {b['all']['ci95'][1]:.3f}]{other}"
+    blind_box = next((b["blind_box"]["box"] for b in box.values() if b and b.get("blind_box")), None)
     lines += [f"| *box-only (ground-truth boxes, then submit)* | {box_cell('test')} | - | {box_cell('test-novel')} | - |",
-              ""]
+              f"| *query-blind: the box {blind_box} for every query, then submit* | {box_cell('test', BLIND)} | - | "
+              f"{box_cell('test-novel', BLIND)} | - |", ""]
+    data["blind"] = {split: (box[split] or {}).get(BLIND, {}).get("all") for split in SPLITS}
+    data["blind_box"] = blind_box
 
     comparisons = [("SFT only - untrained", "base", "sft"), ("RL only - untrained", "base", "rl-only"),
                    ("SFT + RL - SFT only", "sft", "rl")]
@@ -164,9 +173,11 @@ def plot(data: dict, path: Path) -> None:
         bars.bar(xs, ys, width, yerr=errs, capsize=3, label=split, color=f"C{i}")
         if data["oracle"].get(split):
             bars.axhline(data["oracle"][split]["gIoU"], ls="--", lw=1, color=f"C{i}", alpha=0.6)
+        if (data.get("blind") or {}).get(split):
+            bars.axhline(data["blind"][split]["mean"], ls=":", lw=1, color=f"C{i}", alpha=0.8)
     bars.set_xticks(range(len(names)), [labels.get(n, f"SFT + RL s{n[4:]}") for n in names], rotation=20,
                     ha="right", fontsize=8)
-    bars.set(ylabel="gIoU (95% interval)", ylim=(0, 1), title="ablation (dashed: oracle expert)")
+    bars.set(ylabel="gIoU (95% interval)", ylim=(0, 1), title="ablation (dashed: oracle expert; dotted: one query-blind box)")
     bars.legend(fontsize=8)
     points = [(t, v["agent"]["gIoU"]) for t, v in data["turns"].items() if v["agent"]]
     if points:

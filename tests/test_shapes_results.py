@@ -40,6 +40,21 @@ def test_results_page_from_real_eval_folders(tmp_path):
     assert data["paired"]["SFT + RL - SFT only"]["test"]["gIoU"] == expected["gIoU"]
     assert f"{expected['gIoU']['diff']:+.3f}" in text
     assert data["turns"][8]["agent"]["gIoU"] == rl["gIoU"] and data["turns"][1]["agent"] is None
+    assert "| *query-blind: the box None for every query, then submit* | not run | - | not run | - |" in text
+
+    # the bench beside the arms: box-only and the query-blind box it chose on `val`, run for real
+    import subprocess
+    bench = Path(__file__).resolve().parents[1] / "bench" / "shapes_oracle.py"
+    subprocess.run([sys.executable, str(bench), "--n", "4", "--blind-val", "3", "--out", str(evals / "box-only-test.json")],
+                   check=True, capture_output=True, timeout=600)
+    report = json.loads((evals / "box-only-test.json").read_text())
+    blind = report["blind_box"]
+    x0, y0, x1, y1 = blind["box"]
+    assert 0 <= x0 < x1 <= 112 and 0 <= y0 < y1 <= 112 and blind["val_samples"] == 3
+    text, data = results.build(tmp_path / "recipe")
+    cell = report["settings"][results.BLIND]["all"]
+    assert f"| *query-blind: the box {blind['box']} for every query, then submit* | {cell['mean']:.3f} [" in text
+    assert data["blind"]["test"] == cell and data["blind_box"] == blind["box"]
 
     out = tmp_path / "docs" / "results.md"
     notes = tmp_path / "notes.md"
