@@ -2,14 +2,14 @@
 # The whole recipe on the shapes domain, from random weights, on one CPU (docs/results.md):
 #   1. base    rsagent shapes model --vision-steps 600        random tiny Qwen2.5-VL, vision tower pretrained (~5 min)
 #   2. synth   rsagent synth --dataset shapes --split train:5000   expert trajectories (~6 min)
-#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml   cold-start SFT (~45 min)
-#   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml     GRPO on whole episodes (~35 min)
-#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, SFT and SFT + RL (~10 min)
+#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml   cold-start SFT (~50 min)
+#   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml     GRPO on whole episodes (~32 min)
+#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, SFT and SFT + RL (~25 min: the untrained model writes 8 turns of noise)
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
-# script can be run again after a session ends (about 1 h 45 min of one thread in all). Extra flags go to
+# script can be run again after a session ends (about 2 h of one thread in all; rerun from nothing on 2026-11-27 it reproduced every stage byte for byte). Extra flags go to
 # the two training commands (for example --device cuda on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
