@@ -112,10 +112,15 @@ class ConstantBoxPolicy(Policy):
         return out
 
 
+def _tasks(samples) -> list[EpisodeTask]:
+    """Episode tasks of shapes samples, with their ground truth."""
+    return [EpisodeTask(s.scene.image, s.query, s.sample_id, GroundTruth(s.mask)) for s in samples]
+
+
 def best_blind_box(segmenter, n: int, step: int = 28, side: int = 112) -> tuple[list[int], float]:
     """The grid box with the highest mean IoU on `val` samples 0..n-1, and that mean."""
     samples = [generate("val", i) for i in range(n)]
-    tasks = [EpisodeTask(s.scene.image, s.query, s.sample_id, GroundTruth(s.mask)) for s in samples]
+    tasks = _tasks(samples)
     edges = range(0, side + 1, step)
     boxes = [[x0, y0, x1, y1] for x0 in edges for x1 in edges if x1 > x0 for y0 in edges for y1 in edges if y1 > y0]
     scored = []
@@ -144,7 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     samples = [generate(args.split, i) for i in range(args.n)]
-    tasks = [EpisodeTask(s.scene.image, s.query, s.sample_id, GroundTruth(s.mask)) for s in samples]
+    tasks = _tasks(samples)
     kinds = [s.kind for s in samples]
     print(f"{args.n} {args.split} samples generated in {time.perf_counter() - t0:.1f} s", flush=True)
     segmenter = make_segmenter(args.segmenter)
