@@ -11,6 +11,11 @@ target's visible box, and the picked-right rate (the shape whose box the answer 
 target), against two baselines computed exactly on the same samples: a random shape, and a random
 shape of the queried colour. Writes `OUT/log.jsonl`, `OUT/result.json` and the trained model folder
 `OUT/model` (loads with --policy qwen --model OUT/model).
+
+`--answer episode` trains the same task in the episode's own words instead: the prompt is a real
+episode's first prompt (system prompt with the tools, then the user turn) and the answer is the oracle
+expert's first turn (its reasoning, then the call), exactly what a synthesized trajectory starts with.
+It bridges a model grounded on bare calls to the format SFT and RL use.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ import numpy as np
 import torch
 
 from rsagent.core.frames import SmartResizeFrame
+from rsagent.core.mask import GroundTruth
 from rsagent.data.shapes import queries as Q
 from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import SceneConfig, sample_scene
+from rsagent.env.episode import Episode, EpisodeConfig, EpisodeTask
 from rsagent.env.prompt import user_text
-from rsagent.policies.chat import render_chat
+from rsagent.policies.chat import render_chat, render_images
+from rsagent.policies.oracle import OraclePolicy
+from rsagent.segmenters.grabcut import GrabCutSegmenter
 from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits, save_pixel_limits
 from rsagent.shapes_model import build_shapes_model, describe
 
@@ -55,7 +64,8 @@ def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: 
             program = programs[int(rng.integers(len(programs)))]
             items.append({"image": scene.image, "query": Q.text(program), "target": s.id, "boxes": boxes,
                           "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1],
-                          "cover": token_cover(s.mask, CELL)})
+                          "cover": token_cover(s.mask, CELL), "mask": s.mask,
+                          "sample_id": f"{split}-{index}-{s.id}"})
     return items
 
 
@@ -86,7 +96,18 @@ class MatchHead(torch.nn.Module):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
+def as_episode(item: dict, frame: SmartResizeFrame, segmenter) -> dict:
+    """`item` in the episode's own words: the real first prompt of an episode on it (system prompt with
+    the tools, user turn, image) and the oracle expert's first turn as the answer (`--answer episode`)."""
+    task = EpisodeTask(item["image"], item["query"], item["sample_id"], GroundTruth(item["mask"]))
+    episode = Episode(task, segmenter, EpisodeConfig(), frame)
+    return {**item, "messages": render_images(episode, episode.messages()),
+            "answer": OraclePolicy().act([episode])[0]}
+
+
 def messages(item: dict, frame: SmartResizeFrame) -> list[dict]:
+    if "messages" in item:
+        return item["messages"]
     h, w = item["image"].shape[:2]
     shown = frame.describe(frame.display_size(w, h))
     return [{"role": "user", "content": [{"type": "text", "text": user_text(item["query"], shown)},
@@ -100,7 +121,8 @@ def batch_inputs(processor, items: list[dict], frame, with_answer: bool):
         prompt = render_chat(processor.tokenizer, msgs, add_generation_prompt=True)
         if with_answer:
             full = render_chat(processor.tokenizer, msgs + [{"role": "assistant", "content": [
-                {"type": "text", "text": answer(it["boxes"][it["target"]])}]}], add_generation_prompt=False)
+                {"type": "text", "text": it.get("answer") or answer(it["boxes"][it["target"]])}]}],
+                add_generation_prompt=False)
             assert full.startswith(prompt)
             texts.append(full)
         else:
@@ -131,13 +153,13 @@ def box_iou(a, b) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model, processor, items: list[dict], frame, batch: int = 32) -> dict:
+def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_new_tokens: int = 40) -> dict:
     processor.tokenizer.padding_side = "left"
     ious, picked, parsed = [], [], 0
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         inputs = batch_inputs(processor, chunk, frame, with_answer=False)
-        out = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         for it, t in zip(chunk, texts):
             m = _BOX.search(t)
@@ -205,6 +227,9 @@ def main() -> None:
     parser.add_argument("--match-aux", type=float, default=1.0,
                         help="weight of the auxiliary per-visual-token target loss (MatchHead; 0: none)")
     parser.add_argument("--match-layer", type=int, default=2, help="the hidden state MatchHead reads (layers run)")
+    parser.add_argument("--answer", choices=("call", "episode"), default="call",
+                        help="call: the bare segment call after the user turn; episode: a real episode's first "
+                             "prompt (system prompt and tools included) answered with the oracle's first turn")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads spin and run slower)")
     args = parser.parse_args()
@@ -219,9 +244,15 @@ def main() -> None:
         model, processor = build_shapes_model(args.seed)
     frame = SmartResizeFrame()
     processor.tokenizer.padding_side = "right"
+    if args.answer == "episode":
+        segmenter = GrabCutSegmenter()  # the episode needs one; a first turn never runs it
+        prepare = lambda items: [as_episode(it, frame, segmenter) for it in items]  # noqa: E731
+        new_tokens = 160  # the reasoning comes before the call
+    else:
+        prepare, new_tokens = (lambda items: items), 40
     build_s = time.perf_counter() - t0
-    evals = eval_items(args.eval, args.size)
-    before = evaluate(model, processor, evals[:64], frame)
+    evals = prepare(eval_items(args.eval, args.size))
+    before = evaluate(model, processor, evals[:64], frame, max_new_tokens=new_tokens)
     torch.manual_seed(args.seed)
     match = MatchHead(model.config.text_config.hidden_size, args.match_layer) if args.match_aux > 0 else None
     params = list(model.parameters()) + (list(match.parameters()) if match else [])
@@ -240,7 +271,7 @@ def main() -> None:
             g["lr"] = lr
         min_shapes, max_shapes = (1, 1) if frac < stages[0] else (2, 4) if frac < stages[1] else (2, 8)
         while len(queue) < args.batch:
-            queue += scene_items("train", scene_index, max_shapes, args.size, min_shapes)
+            queue += prepare(scene_items("train", scene_index, max_shapes, args.size, min_shapes))
             scene_index += 1
         items, queue = queue[:args.batch], queue[args.batch:]
         ts = time.perf_counter()
@@ -261,7 +292,7 @@ def main() -> None:
                    "tokens": int(inputs["attention_mask"].sum()) / len(items)}
             if args.eval_every and step % args.eval_every == 0:
                 model.eval()
-                quick = evaluate(model, processor, evals[:200], frame)
+                quick = evaluate(model, processor, evals[:200], frame, max_new_tokens=new_tokens)
                 model.train()
                 rec.update(quick_picked=round(quick["picked"]["mean"], 3), quick_iou=round(quick["iou"]["mean"], 3))
             log.write(json.dumps(rec) + "\n"); log.flush()
@@ -269,7 +300,7 @@ def main() -> None:
     train_s = time.perf_counter() - start
     model.eval()
     t1 = time.perf_counter()
-    after = evaluate(model, processor, evals, frame)
+    after = evaluate(model, processor, evals, frame, max_new_tokens=new_tokens)
     eval_s = time.perf_counter() - t1
     model.save_pretrained(out / "model")
     processor.save_pretrained(out / "model")

@@ -52,3 +52,36 @@ def test_build_model_with_fewer_text_layers(monkeypatch):
     assert len(model.model.language_model.layers) == 1
     out = model(input_ids=torch.tensor([[1, 2, 3]]))
     assert out.logits.shape[:2] == (1, 3)
+
+
+def test_grounding_episode_answers_are_the_trajectorys_first_turn(monkeypatch):
+    """`bench/shapes_grounding.py --answer episode`: the prompt is an episode's real first prompt and the
+    loss covers exactly the oracle's first turn, the text a synthesized trajectory starts with."""
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import shapes_grounding as G
+
+    from rsagent.core.frames import SmartResizeFrame
+    from rsagent.env.parse import parse_answer
+    from rsagent.segmenters.grabcut import GrabCutSegmenter
+    from rsagent.shapes_model import build_shapes_model
+
+    frame = SmartResizeFrame()
+    items = [G.as_episode(it, frame, GrabCutSegmenter()) for it in G.scene_items("train", 7, 8, 112)]
+    assert len(items) >= 2
+    for it in items:
+        system, user = it["messages"]
+        assert system["role"] == "system" and "<tools>" in system["content"][0]["text"]
+        assert it["query"] in user["content"][0]["text"] and user["content"][1]["image"].shape == (112, 112, 3)
+        parsed = parse_answer(it["answer"])
+        assert parsed.format_ok and parsed.call["name"] in ("segment", "zoom_in")  # every target exists here
+        x0, y0, x1, y1 = parsed.call["arguments"]["box"]
+        tx0, ty0, tx1, ty1 = it["boxes"][it["target"]]
+        assert x0 < tx1 and tx0 < x1 and y0 < ty1 and ty0 < y1  # the oracle's first box meets its target
+
+    _, processor = build_shapes_model(0)
+    processor.tokenizer.padding_side = "right"
+    inputs = G.batch_inputs(processor, items[:2], frame, with_answer=True)
+    for b, it in enumerate(items[:2]):
+        supervised = inputs["input_ids"][b][inputs["labels"][b] != -100]
+        assert processor.tokenizer.decode(supervised) == it["answer"] + "<|im_end|>"

@@ -83,7 +83,8 @@ def entries(episodes, trajs):
     gt_other = GroundTruth(other.task.gt.mask & ~ignore, ignore)
     return [
         (_record(t_small, gt_small), t_small, small.task.image, gt_small),
-        (_record(t_other, gt_other, opening="wrong_region", recovered=True, cut=1), t_other, other.task.image, gt_other),
+        (_record(t_other, gt_other, opening="wrong_region", recovered=True, cut=1, mistake_turns=[1]), t_other,
+         other.task.image, gt_other),
         (_record(t_small, gt_small, sample_id="dup", opening="jittered_box", status="rejected", reject="low_iou"),
          t_small, small.task.image, gt_small),
         (_record(t_other, gt_other, sample_id="broken", source_id="x", query="another query", status="rejected",
@@ -209,11 +210,28 @@ def test_trl_collator_trains_on_the_answers_only(exported, trajs, processor):
     collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True)
     batch = collator([{**row, "images": [Image.open(out / p).convert("RGB") for p in row["images"]]} for row in rows])
     tok = processor.tokenizer
-    for b, traj in enumerate(trajs):
+    for b, (traj, mistakes) in enumerate(zip(trajs, ([], [1]))):  # the second opened on a wrong region on purpose
         labels = batch["labels"][b].tolist()
         spans = _spans(labels, [int(x != -100) for x in labels])
-        assert [tok.decode(s) for s in spans] == [t.assistant + END for t in traj.turns]
+        assert [tok.decode(s) for s in spans] == [t.assistant + END for t in traj.turns if t.index not in mistakes]
+        for turn in traj.turns:  # a mistake is context the recovery reads, not a target
+            assert turn.assistant in tok.decode(batch["input_ids"][b])
+    assert len(trajs[1].turns) > 1
     assert batch["image_grid_thw"].shape[0] == sum(len(r["images"]) for r in rows)
+
+
+def test_the_expert_marks_its_deliberate_mistakes(coco128_target):
+    """A wrong-region opening's first segment is marked as a mistake; an on-target opening marks nothing."""
+    segmenter = make_segmenter("grabcut")
+    task = _task(coco128_target(OTHER))
+    expert = ExpertPolicy()
+    expert.assign(OTHER, Opening("wrong_region", elsewhere_box(mask_box(task.gt.mask), task.gt.shape)))
+    wrong = _drive(expert, task, segmenter)
+    assert expert.mistakes(OTHER) == [1] and len(wrong.turns) >= 3
+    assert wrong.turns[0].answer_iou == 0.0  # it did box something else
+    expert.assign(OTHER, Opening("clean_box"))
+    _drive(expert, _task(coco128_target(OTHER)), segmenter)
+    assert expert.mistakes(OTHER) == []
 
 
 # --- files --------------------------------------------------------------------------------------

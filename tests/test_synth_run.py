@@ -28,6 +28,7 @@ from rsagent.env.parse import parse_answer
 from rsagent.env.tools import validate_call
 from rsagent.eval.results import safe_name
 from rsagent.segmenters import make_segmenter
+from rsagent.synth.expert import WRONG_OPENINGS
 from rsagent.synth.recovery import replay
 
 DETERMINISTIC = ("results.jsonl", "sft.jsonl", "sharegpt.jsonl", "dataset_info.json", "rl_prompts.jsonl",
@@ -84,6 +85,12 @@ def check_exports(out: Path, gt_of, min_iou: float) -> int:
             parsed = parse_answer(answer)
             assert parsed.format_ok and parsed.error is None, answer
             validate_call(parsed.call["name"], parsed.call["arguments"])
+        # a deliberately wrong opening is context without loss; every other answer is a target
+        no_loss = [i for i, m in enumerate((m for m in row["messages"] if m["role"] == "assistant"), 1)
+                   if m.get("loss") is False]
+        assert no_loss == rec["mistake_turns"] and no_loss in ([], [1])
+        if rec["opening"] not in WRONG_OPENINGS:
+            assert no_loss == []
         traj = Trajectory.load(out / "trajectories" / f"{safe_name(row['sample_id'])}.json")
         gt = gt_of(rec)
         task = EpisodeTask(load_image(rec["image"]), rec["query"], rec["sample_id"], gt, rec["image"])
@@ -106,6 +113,7 @@ def yolo_run(coco128_root, tmp_path_factory):
 
 def test_yoloseg_exports_replay_and_score_as_recorded(yolo_run, coco128_root):
     n = check_exports(yolo_run, lambda rec: yolo_gt(rec, coco128_root), 0.7)
+    assert any(r["mistake_turns"] for r in lines(yolo_run / "results.jsonl") if r["status"] == "accepted")
     stats = json.loads((yolo_run / "stats.json").read_text())
     assert stats["items"] == 24 and stats["accepted"] == n
     rl = lines(yolo_run / "rl_prompts.jsonl")

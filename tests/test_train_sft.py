@@ -103,9 +103,14 @@ def test_loss_covers_the_answers_only(tiny, export):
     policy = _policy(tiny)
     collate = SFTCollator(policy.processor, export)
     rows = sft_dataset(load_rows(export))
-    batch = collate([rows[0], rows[1]])  # padded together: padding carries no loss either
-    for b, row in enumerate([rows[0], rows[1]]):
+    batch = collate(list(rows))  # padded together: padding carries no loss either
+    mistakes = 0
+    for b, row in enumerate(rows):
         _, answers, _, _ = _inference_sequence(policy, export, row["sample_id"])
+        # a deliberately wrong opening ("loss": false in the export) is fed as context, never trained on
+        marked = [m.get("loss") is False for m in row["messages"] if m["role"] == "assistant"]
+        mistakes += sum(marked)
+        answers = [a for a, no_loss in zip(answers, marked) if not no_loss]
         labels = batch["labels"][b].tolist()
         ids = batch["input_ids"][b].tolist()
         spans, current = [], []
@@ -121,6 +126,7 @@ def test_loss_covers_the_answers_only(tiny, export):
         assert spans == answers  # each answer and its <|im_end|>, in order; nothing else
         decoded = policy.processor.tokenizer.decode([t for s in spans for t in s])
         assert "<tool_response>" not in decoded and "<|image_pad|>" not in decoded and "<|im_start|>" not in decoded
+    assert mistakes >= 1  # the export opens at least one scene on a wrong region
 
 
 def _files(out: Path) -> set[str]:

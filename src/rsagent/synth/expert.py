@@ -112,6 +112,7 @@ class ExpertPolicy(OraclePolicy):
         self._openings: dict[str, Opening] = {}
         self._states: WeakKeyDictionary[Episode, _OpeningState] = WeakKeyDictionary()
         self._first_kind: str | None = None  # the opening of the segment call being written (one at a time)
+        self._mistakes: dict[str, list[int]] = {}  # sample id -> turns written wrong on purpose (1-based)
 
     @property
     def identifier(self) -> str:
@@ -119,6 +120,12 @@ class ExpertPolicy(OraclePolicy):
 
     def assign(self, sample_id: str, opening: Opening) -> None:
         self._openings[sample_id] = opening
+        self._mistakes.pop(sample_id, None)
+
+    def mistakes(self, sample_id: str) -> list[int]:
+        """The turns of the sample's episode written wrong on purpose (the wrong_* openings' first segment):
+        context for the recovery that follows, never something to imitate (no SFT loss on them)."""
+        return list(self._mistakes.get(sample_id, ()))
 
     def opening(self, sample_id: str) -> Opening:
         return self._openings.get(sample_id, Opening())
@@ -136,6 +143,7 @@ class ExpertPolicy(OraclePolicy):
         kind = state.opening.kind
         if kind in WRONG_OPENINGS and plan.parts and state.opening.wrong_box is not None and ep.turns_left >= 4:
             if not ep.turns:
+                self._mistakes.setdefault(ep.task.sample_id, []).append(len(ep.turns) + 1)
                 return self._wrong_segment(ep, plan, state)
         if state.wrong_id is None and kind in WRONG_OPENINGS and ep.turns and ep.candidates and not state.recognised:
             state.wrong_id = ep.candidates[-1].id

@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,13 +132,22 @@ def _parts(content: str | list[dict]) -> list[dict]:
     return [{"type": "image"} if p["type"] == "image_url" else {"type": "text", "text": p["text"]} for p in content]
 
 
-def sft_record(traj: Trajectory, image: np.ndarray, store: ImageStore, images: list[str] | None = None) -> dict:
+def sft_record(traj: Trajectory, image: np.ndarray, store: ImageStore, images: list[str] | None = None,
+               mistake_turns: Sequence[int] = ()) -> dict:
     """TRL's conversational vision row: `messages` (tool observations as `<tool_response>` user turns)
-    and `images` (paths relative to the store's folder, in placeholder order; given when already stored)."""
+    and `images` (paths relative to the store's folder, in placeholder order; given when already stored).
+    The assistant messages of `mistake_turns` (1-based turns written wrong on purpose) carry `"loss": false`:
+    the chat template renders them outside its generation marks, so they are context and not targets."""
     messages = training_messages(traj)
     images = _stored_images(traj, image, messages, store) if images is None else images
     # the openai policy's layout (tool turns as <tool_response> user turns); its image URLs become placeholders
     chat = [{"role": m["role"], "content": _parts(m["content"])} for m in openai_messages(messages, lambda _: "")]
+    turn = 0
+    for message in chat:
+        if message["role"] == "assistant":
+            turn += 1
+            if turn in mistake_turns:
+                message["loss"] = False
     return {"messages": chat, "images": images, "sample_id": traj.sample_id}
 
 
@@ -199,7 +208,7 @@ def export_rows(record: dict, traj: Trajectory, image: np.ndarray, gt: GroundTru
     rows = {"rl": rl_prompt_record(record, traj, gt, record.get("image") or traj.image["path"])}
     if record.get("status") == "accepted":
         images = _stored_images(traj, image, training_messages(traj), store)  # rendered once for both rows
-        rows["sft"] = sft_record(traj, image, store, images)
+        rows["sft"] = sft_record(traj, image, store, images, record.get("mistake_turns", ()))
         rows["sharegpt"] = sharegpt_record(traj, image, store, images)
     return rows
 

@@ -160,6 +160,7 @@ class SynthWorker:
             if verdict is not None and verdict.cut_at is not None else 0,
             "harmful": len(verdict.harmful) if verdict is not None else 0,
             "recovered": _recovered(verdict),
+            "mistake_turns": [t for t in self.policy.mistakes(traj.sample_id) if t <= len(traj.turns)],
             "call_key": hashlib.sha1(json.dumps([item.image_path, item.query, calls], sort_keys=True)
                                      .encode()).hexdigest()})
         record["export"] = export_rows(record, traj, task.image, task.gt, self.store)  # type: ignore[arg-type]

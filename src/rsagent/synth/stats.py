@@ -52,7 +52,8 @@ def _recovery(accepted: list[dict]) -> dict:
     final = [float(r["IoU"]) for r in rows]
     return {"trajectories": len(rows), "first_iou": _mean(first), "iou": _mean(final),
             "gain": _mean([b - a for a, b in zip(first, final)]),
-            "recovered": sum(bool(r.get("recovered")) for r in rows)}
+            "recovered": sum(bool(r.get("recovered")) for r in rows),
+            "mistake_turns": sum(len(r.get("mistake_turns") or ()) for r in rows)}
 
 
 def _breakdown(records: list[dict], key: str, order: Iterable[str] = ()) -> dict:
