@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole recipe on the shapes domain, from random weights, on one CPU (docs/results.md):
 #   1. base    rsagent shapes model --vision-steps 600        random tiny Qwen2.5-VL, vision tower pretrained (~5 min)
-#   2. synth   rsagent synth --dataset shapes --split train:5000   expert trajectories (~6 min)
+#   2. synth   rsagent synth --dataset shapes --split train:5000 --mistake-loss   expert trajectories (~6 min)
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml   cold-start SFT (~50 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml     GRPO on whole episodes (~32 min)
 #   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, SFT and SFT + RL (~25 min: the untrained model writes 8 turns of noise)
@@ -30,7 +30,10 @@ fi
 if [ ! -f "$OUT/synth/sft.jsonl" ]; then
     resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
     say "synthesize -> $OUT/synth $resume"
-    $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
+    # --mistake-loss: the export the shipped agent was trained on (deliberate mistakes as targets too); without
+    # it the wrong openings are context only, which did not yet do better across SFT seeds (docs/training.md)
+    $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume \
+        --mistake-loss
 fi
 train "$OUT/sft" "$SEED" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/base" "$@"
 train "$OUT/rl" "$SEED" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"

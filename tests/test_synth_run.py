@@ -341,3 +341,20 @@ def test_an_error_after_the_episode_fails_that_item_alone(coco128_root, tmp_path
     assert len(records) == 6 and len(broken) == 1
     assert records[broken[0]]["reject"] == "failed" and records[broken[0]]["error"] == "ValueError: judging broke"
     assert sum(r["reject"] == "failed" for r in records.values()) == 1
+
+
+def test_mistake_loss_keeps_the_deliberate_mistakes_as_targets(shapes_export, tmp_path):
+    """`rsagent synth --mistake-loss` writes the same conversations without the `"loss": false` marks
+    (the export the shipped agent was trained on); the mistakes are recorded either way."""
+    root = shapes_export.parent / "shapes"  # the shapes scenes the shared export was drawn from
+    out = tmp_path / "with-loss"
+    assert main(["synth", "--dataset", "shapes", "--root", str(root), "--split", "train:6", "--max-pixels", "12544",
+                 "--max-turns", "4", "--out", str(out), "--mistake-loss", "--no-progress"]) == 0
+    marked, plain = lines(shapes_export / "sft.jsonl"), lines(out / "sft.jsonl")
+    strip = [[{k: v for k, v in m.items() if k != "loss"} for m in row["messages"]] for row in marked]
+    assert [row["messages"] for row in plain] == strip
+    assert any(m.get("loss") is False for row in marked for m in row["messages"])
+    assert not any("loss" in m for row in plain for m in row["messages"])
+    assert [r["mistake_turns"] for r in lines(out / "results.jsonl")] == \
+        [r["mistake_turns"] for r in lines(shapes_export / "results.jsonl")]
+    assert json.loads((out / "run.json").read_text())["config"]["synth"]["mistake_loss"] is True

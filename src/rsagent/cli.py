@@ -134,6 +134,9 @@ def _add_synth_parser(sub) -> None:
     group.add_argument("--per-target", type=int, default=None, help="queries written per target instance (default 2)")
     group.add_argument("--variants", type=int, default=1,
                        help="trajectories per query, each opening with a move of another kind (default 1)")
+    group.add_argument("--mistake-loss", action="store_true",
+                       help="train on the deliberately wrong openings too (no `\"loss\": false` marks in sft.jsonl; "
+                            "the export before 2026-11-27 (e), which the shipped agent was trained on)")
     group = syn.add_argument_group("teacher (any OpenAI-compatible server)")
     group.add_argument("--teacher-base-url", default=None, help="e.g. http://localhost:8000/v1")
     group.add_argument("--teacher-model", default=None, help="the model name the server serves")
@@ -483,7 +486,8 @@ def _synth(args: argparse.Namespace, argv: list[str]) -> int:
         frame=make_frame(args.frame, max_pixels=args.max_pixels).to_dict(), mix=tuple(_parse_mix(args.openings).items()),
         queries=QueryConfig(**queries), filters=FilterConfig.for_segmenter(args.segmenter, args.min_iou,
                                                                            max_turns=args.max_turns),
-        teacher=teacher, rewrite=args.rewrite, teacher_queries=args.teacher_queries, variants=args.variants)
+        teacher=teacher, rewrite=args.rewrite, teacher_queries=args.teacher_queries, variants=args.variants,
+        mistake_loss=args.mistake_loss)
     dataset = DatasetSpec.create(args.dataset, args.root, args.split, annotations=args.annotations, queries=args.queries)
     stats = synthesize(dataset, args.out, config=config, segmenter=args.segmenter,
                        segmenter_factory=partial(make_segmenter, args.segmenter, **segmenter_kwargs(args)),

@@ -200,15 +200,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, b"".join(dumps_line(r) for r in rows))
 
 
-def export_rows(record: dict, traj: Trajectory, image: np.ndarray, gt: GroundTruth, store: ImageStore) -> dict:
+def export_rows(record: dict, traj: Trajectory, image: np.ndarray, gt: GroundTruth, store: ImageStore,
+                mistake_loss: bool = False) -> dict:
     """One item's export rows (its pictures written to `store`): `rl` unless it failed, `sft` and
-    `sharegpt` when accepted. Synthesis workers call this; `write_exports` gathers the rows."""
+    `sharegpt` when accepted. Synthesis workers call this; `write_exports` gathers the rows.
+    The record's `mistake_turns` are marked without loss in the SFT row unless `mistake_loss`."""
     if record.get("reject") == "failed" or traj.final.get("reason") == "failed":
         return {}
     rows = {"rl": rl_prompt_record(record, traj, gt, record.get("image") or traj.image["path"])}
     if record.get("status") == "accepted":
         images = _stored_images(traj, image, training_messages(traj), store)  # rendered once for both rows
-        rows["sft"] = sft_record(traj, image, store, images, record.get("mistake_turns", ()))
+        mistakes = () if mistake_loss else record.get("mistake_turns", ())
+        rows["sft"] = sft_record(traj, image, store, images, mistakes)
         rows["sharegpt"] = sharegpt_record(traj, image, store, images)
     return rows
 

@@ -65,6 +65,7 @@ class SynthConfig:
     rewrite: bool = False  # the teacher rewrites each turn's reasoning (the call is never changed)
     teacher_queries: int = 0  # queries per image the teacher is asked for (instance sources)
     variants: int = 1  # items per query, each with an opening of another kind
+    mistake_loss: bool = False  # True: the deliberately wrong openings are SFT targets too (no "loss": false marks)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -163,7 +164,8 @@ class SynthWorker:
             "mistake_turns": [t for t in self.policy.mistakes(traj.sample_id) if t <= len(traj.turns)],
             "call_key": hashlib.sha1(json.dumps([item.image_path, item.query, calls], sort_keys=True)
                                      .encode()).hexdigest()})
-        record["export"] = export_rows(record, traj, task.image, task.gt, self.store)  # type: ignore[arg-type]
+        record["export"] = export_rows(record, traj, task.image, task.gt, self.store,  # type: ignore[arg-type]
+                                       mistake_loss=self.config.mistake_loss)
         return Outcome(record, traj.to_dict())
 
     def _cut(self, traj: Trajectory, task: EpisodeTask, cut_at: int) -> Trajectory:
