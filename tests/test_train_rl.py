@@ -45,7 +45,9 @@ def taught(small_shapes_model, shapes_export):
 
     folder, model, processor = small_shapes_model
     model = copy.deepcopy(model).train()
-    rows = [r for r in load_rows(shapes_export) if sum(m["role"] == "assistant" for m in r["messages"]) >= 2]
+    # a multi-turn trajectory whose every answer is a target (a deliberate mistake would be context only)
+    rows = [r for r in load_rows(shapes_export) if sum(m["role"] == "assistant" for m in r["messages"]) >= 2
+            and not any(m.get("loss") is False for m in r["messages"])]
     row = rows[0]
     batch = SFTCollator(processor, shapes_export)([row])
     batch.pop("token_type_ids", None)
