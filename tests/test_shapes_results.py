@@ -67,3 +67,20 @@ def test_results_page_from_real_eval_folders(tmp_path):
     assert out.read_text().endswith("## By hand\n")
     assert (tmp_path / "docs" / "results" / "ablation.png").stat().st_size > 5000
     assert json.loads((tmp_path / "docs" / "results" / "ablation.json").read_text())["arms"]["rl"]["test"]["n"] == 6
+
+
+def test_first_box_reads_where_the_agent_went_first(tmp_path):
+    """scripts/first_box.py on a real eval folder: the oracle's first box (2 turns: box, then submit) is on the
+    queried shape every time, one box per scene."""
+    spec = importlib.util.spec_from_file_location("first_box", SCRIPT.parent / "first_box.py")
+    first_box = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(first_box)
+    root = tmp_path / "shapes"
+    out = tmp_path / "oracle"
+    assert main(["eval", "--dataset", "shapes", "--root", str(root), "--split", "test:8", "--policy", "oracle",
+                 "--max-turns", "2", "--out", str(out), "--no-progress"]) == 0
+    r = first_box.analyse(out)
+    manifest = [json.loads(x) for x in (root / "test" / "manifest.jsonl").read_text().splitlines()][:8]
+    assert r["present"] == sum(bool(m["targets"]) for m in manifest) >= 5
+    assert r["picked"] == r["boxed"] == r["present"] and r["picked_share"] == 1.0
+    assert r["distinct_first_boxes"] == r["present"]  # one box per scene, each its own target's
