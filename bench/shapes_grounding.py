@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rsagent.core.frames import SmartResizeFrame
-from rsagent.core.mask import GroundTruth
+from rsagent.core.mask import GroundTruth, box_iou
 from rsagent.data.shapes import queries as Q
 from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import SceneConfig, sample_scene
@@ -142,14 +142,6 @@ def batch_inputs(processor, items: list[dict], frame, with_answer: bool):
         labels[inputs["attention_mask"] == 0] = -100
         inputs["labels"] = labels
     return inputs
-
-
-def box_iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @torch.inference_mode()

@@ -18,15 +18,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from rsagent.core.mask import box_iou
 from rsagent.eval.results import safe_name
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def first_box(traj: dict) -> list[float] | None:

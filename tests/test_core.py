@@ -427,3 +427,12 @@ def test_load_mask_palette_uses_indices_not_colours(tmp_path):
     img.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 white, index 1 black
     img.save(tmp_path / "p.png")
     assert np.array_equal(load_mask(tmp_path / "p.png"), arr == 1)
+
+
+def test_box_iou():
+    from rsagent.core.mask import box_iou
+
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges share no pixel
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((3, 3, 3, 3), (3, 3, 3, 3)) == 0.0  # empty boxes

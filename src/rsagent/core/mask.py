@@ -37,6 +37,15 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return (float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1))
 
 
+def box_iou(a: Box, b: Box) -> float:
+    """IoU of two boxes [x0, y0, x1, y1) (0 when both are empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def polygons_to_mask(polygons: list[np.ndarray], height: int, width: int) -> np.ndarray:
     """Rasterise polygons given in pixel coordinates (each (N, 2)) into one bool mask (union)."""
     canvas = np.zeros((height, width), np.uint8)
