@@ -143,7 +143,7 @@ class ExpertPolicy(OraclePolicy):
         kind = state.opening.kind
         if kind in WRONG_OPENINGS and plan.parts and state.opening.wrong_box is not None and ep.turns_left >= 4:
             if not ep.turns:
-                self._mistakes.setdefault(ep.task.sample_id, []).append(len(ep.turns) + 1)
+                self._mistakes[ep.task.sample_id] = [1]  # the episode's first turn
                 return self._wrong_segment(ep, plan, state)
         if state.wrong_id is None and kind in WRONG_OPENINGS and ep.turns and ep.candidates and not state.recognised:
             state.wrong_id = ep.candidates[-1].id
