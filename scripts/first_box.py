@@ -1,6 +1,6 @@
 """Does an agent's first box go to the queried shape? Read from `rsagent eval` folders on shapes.
 
-    .venv/bin/python scripts/first_box.py EVAL_DIR [EVAL_DIR ...] [--out FILE.json]
+    .venv/bin/python scripts/first_box.py EVAL_DIR [EVAL_DIR ...] [--baseline DIR] [--out FILE.json]
 
 For every sample with a target, the agent's first box is the box of its first executed call that has
 one (`segment` or `zoom_in`, drawn on the full view 0). It *picks the queried shape* when, among the
@@ -9,6 +9,11 @@ most (box IoU) is a target. Also counted: samples with no such box (absent answe
 how many distinct first boxes the agent drew, the most common first. A query-blind agent draws the
 same few boxes whatever was asked; an agent that grounds the query picks the queried shape far more
 often than a random shape would (about a quarter of the time on these scenes).
+
+Beside it, the run's gIoU by query kind and on present and absent targets apart (95% bootstrap
+intervals): an agent that answers every query "absent" scores 1 on the absent ones, so the overall gIoU
+can hide how well the present targets are segmented. `--baseline DIR` adds the paired difference against
+another eval folder of the same scenes, present and absent targets apart (`rsagent compare`'s bootstrap).
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from collections import Counter
 from pathlib import Path
 
 from rsagent.core.mask import box_iou
-from rsagent.eval.results import safe_name
+from rsagent.eval.metrics import aggregate, get_protocol, paired_difference
+from rsagent.eval.results import read_results, safe_name
+
+LISA = get_protocol("lisa")
 
 
 def first_box(traj: dict) -> list[float] | None:
@@ -38,7 +46,8 @@ def first_box(traj: dict) -> list[float] | None:
     return None
 
 
-def analyse(folder: Path) -> dict:
+def read_manifest(folder: Path) -> tuple[Path, str, dict[str, dict]]:
+    """The shapes split an eval folder ran on: (dataset root, split name, manifest rows by sample id)."""
     config = json.loads((folder / "run.json").read_text())["config"]["dataset"]
     root = Path(config["root"])
     split = config["split"].split(":")[0]
@@ -46,11 +55,26 @@ def analyse(folder: Path) -> dict:
     for line in (root / split / "manifest.jsonl").read_text().splitlines():
         row = json.loads(line)
         manifest[row["sample_id"]] = row
+    return root, split, manifest
+
+
+def scores(records: list[dict]) -> dict:
+    """gIoU under LISA's protocol with its 95% bootstrap interval."""
+    summary = aggregate(records, LISA)
+    return {"n": summary["n"], "gIoU": summary["gIoU"], "ci95": summary["ci95"]["gIoU"]}
+
+
+def analyse(folder: Path) -> dict:
+    root, split, manifest = read_manifest(folder)
     present = picked = boxed = 0
     firsts: Counter = Counter()
-    for line in (folder / "results.jsonl").read_text().splitlines():
-        sid = json.loads(line)["sample_id"]
+    records = read_results(folder / "results.jsonl")
+    by_kind: dict[str, list[dict]] = {}
+    picked_by_kind: Counter = Counter()
+    for record in records:
+        sid = record["sample_id"]
         row = manifest[sid]
+        by_kind.setdefault(row["kind"], []).append(record)
         traj = json.loads((folder / "trajectories" / f"{safe_name(sid)}.json").read_text())
         box = first_box(traj)
         if box is not None:
@@ -64,15 +88,43 @@ def analyse(folder: Path) -> dict:
         shapes = json.loads((root / split / row["scene"]).read_text())["shapes"]
         overlaps = [box_iou(box, s["box"]) for s in shapes]
         best = max(range(len(shapes)), key=overlaps.__getitem__)
-        picked += overlaps[best] > 0 and shapes[best]["id"] in row["targets"]
+        hit = overlaps[best] > 0 and shapes[best]["id"] in row["targets"]
+        picked += hit
+        picked_by_kind[row["kind"]] += hit
+    kinds = {kind: {**scores(rows), "picked": picked_by_kind[kind]} for kind, rows in sorted(by_kind.items())}
     return {"folder": str(folder), "present": present, "boxed": boxed, "picked": picked,
             "picked_share": picked / boxed if boxed else None, "distinct_first_boxes": len(firsts),
-            "most_common": [[list(b), n] for b, n in firsts.most_common(3)]}
+            "most_common": [[list(b), n] for b, n in firsts.most_common(3)],
+            "all": scores(records),
+            "present_targets": scores([r for r in records if manifest[r["sample_id"]]["targets"]]),
+            "absent_targets": scores([r for r in records if not manifest[r["sample_id"]]["targets"]]),
+            "kinds": kinds}
+
+
+def against(baseline: Path, folder: Path) -> dict:
+    """Paired gIoU difference folder − baseline, on present and on absent targets apart."""
+    _, _, manifest = read_manifest(folder)
+    base, run = read_results(baseline / "results.jsonl"), read_results(folder / "results.jsonl")
+    out = {"baseline": str(baseline)}
+    for name, wanted in (("present_targets", True), ("absent_targets", False)):
+        keep = [r for r in base if bool(manifest[r["sample_id"]]["targets"]) == wanted]
+        mine = [r for r in run if bool(manifest[r["sample_id"]]["targets"]) == wanted]
+        if len(keep) >= 2:
+            diff = paired_difference(keep, mine, LISA)["gIoU"]
+            out[name] = {"n": len(keep), "diff": diff["diff"], "ci95": diff["ci95"]}
+    return out
+
+
+def _interval(score: dict) -> str:
+    low, high = score["ci95"] or (float("nan"), float("nan"))
+    return f"{score['gIoU']:.3f} [{low:.3f}, {high:.3f}] (n={score['n']})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="an eval folder of the same scenes: paired differences against it")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args()
     rows = [analyse(f) for f in args.folders]
@@ -81,6 +133,15 @@ def main() -> None:
         print(f"{r['folder']}: first box picks the queried shape {r['picked']} of {r['boxed']} ({share}); "
               f"{r['present'] - r['boxed']} of {r['present']} targets without a first box; "
               f"{r['distinct_first_boxes']} distinct first boxes, most common {r['most_common'][:1]}")
+        print(f"  gIoU {_interval(r['all'])}; present targets {_interval(r['present_targets'])}; "
+              f"absent targets {_interval(r['absent_targets'])}")
+        print("  by kind: " + "; ".join(f"{kind} {k['gIoU']:.3f} (picked {k['picked']} of {k['n']})"
+                                        for kind, k in r["kinds"].items()))
+        if args.baseline:
+            r["against"] = against(args.baseline, Path(r["folder"]))
+            print(f"  minus {args.baseline}: " + "; ".join(
+                f"{name.replace('_', ' ')} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (n={d['n']})"
+                for name, d in r["against"].items() if name != "baseline"))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from rsagent.cli import main
 from rsagent.eval.compare import compare_runs
 
@@ -84,3 +86,19 @@ def test_first_box_reads_where_the_agent_went_first(tmp_path):
     assert r["present"] == sum(bool(m["targets"]) for m in manifest) >= 5
     assert r["picked"] == r["boxed"] == r["present"] and r["picked_share"] == 1.0
     assert r["distinct_first_boxes"] == r["present"]  # one box per scene, each its own target's
+    # scores apart for present and absent targets, and by query kind, from the eval's own results
+    ious = {x["sample_id"]: x["IoU"] for x in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    present = [ious[m["sample_id"]] for m in manifest if m["targets"]]
+    assert r["present_targets"]["n"] == len(present) and r["absent_targets"]["n"] == 8 - len(present)
+    assert r["present_targets"]["gIoU"] == pytest.approx(sum(present) / len(present))
+    assert r["all"]["gIoU"] == pytest.approx(sum(ious.values()) / 8)
+    assert sum(k["n"] for k in r["kinds"].values()) == 8
+    assert {kind for kind in r["kinds"]} == {m["kind"] for m in manifest}
+    # paired against a run that submits nothing: on present targets it loses everything the oracle scored
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("".join(
+        json.dumps({**x, "I": 0, "IoU": 0.0 if x["U"] else 1.0}) + "\n"
+        for x in map(json.loads, (out / "results.jsonl").read_text().splitlines())))
+    paired = first_box.against(empty, out)["present_targets"]
+    assert paired["n"] == len(present) and paired["diff"] == pytest.approx(sum(present) / len(present))

@@ -71,4 +71,5 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         app.close()
         outputs.close()
+    print("rsagent serve: stopped", flush=True)  # after the server and its temporary folders are gone
     return 0

@@ -24,7 +24,7 @@ def build_browse_tab(roots: BrowseRoots, limits: UploadLimits) -> None:
                              label=f"Evaluation or synthesis folder ({len(found)} found under {where}; "
                                    "or type a path inside them)", interactive=bool(roots.roots))
         rescan = gr.Button("Rescan", scale=1, elem_id="browse-rescan")
-    upload = gr.File(label="…or open a trajectory.json (with its source image, optionally)", file_count="multiple",
+    upload = gr.File(label=f"…or open a trajectory.json (with its source image, optionally; {limits.label_note})", file_count="multiple",
                      height=110, elem_id="browse-upload")
     with gr.Row():
         order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Order", elem_id="browse-order")

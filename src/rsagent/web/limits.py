@@ -37,6 +37,11 @@ class UploadLimits:
     def from_options(cls, max_upload_mb: float, max_pixels: int) -> UploadLimits:
         return cls(int(max_upload_mb * MB), int(max_pixels))
 
+    @property
+    def label_note(self) -> str:
+        """The byte limit for an upload's label: Gradio's own pop-up for a file over it cannot name the option."""
+        return f"at most {self.max_bytes / MB:g} MB (rsagent serve --max-upload-mb)"
+
 
 def check_size(path: str | Path, limits: UploadLimits, what: str) -> Path:
     """The upload's path once its size is known to be within the limit."""

@@ -63,7 +63,7 @@ def build_segment_tab(models: Models, limits: UploadLimits, outputs: OutputDirs,
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=340):
             with gr.Row():
-                image_file = gr.File(label="Image (PNG, JPEG, ...)", height=150, elem_id="seg-image")
+                image_file = gr.File(label=f"Image (PNG, JPEG, ...; {limits.label_note})", height=150, elem_id="seg-image")
                 gt_file = gr.File(label="Ground truth, optional (the oracle needs it)", height=150, elem_id="seg-gt")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=0, precision=0, minimum=0, label="…or a shapes scene: seed", elem_id="seg-seed")
