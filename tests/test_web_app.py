@@ -77,7 +77,10 @@ def server(browse_root, tmp_path_factory):
             [sys.executable, "-m", "rsagent.cli", "serve", "--policy", "oracle", "--segmenter", "grabcut",
              "--port", str(port), "--browse", str(browse_root), "--max-upload-mb", str(MAX_UPLOAD_MB),
              "--max-upload-pixels", str(MAX_UPLOAD_PIXELS)],
-            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            # started as a background job of a script is started: SIGINT ignored, which Python keeps; Ctrl-C
+            # must stop it all the same (CI hit this: the server outlived the test)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 90
         line = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -39,6 +40,10 @@ def build_app(models: Models, roots: BrowseRoots, limits: UploadLimits, outputs:
     return app
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(args: argparse.Namespace) -> int:
     """Start the server from `rsagent serve`'s options, print its URL, run until Ctrl-C."""
     limits = UploadLimits.from_options(args.max_upload_mb, args.max_upload_pixels)
@@ -63,6 +68,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"rsagent serve: warning: listening on {args.host}: anyone who can reach this machine can run "
               "episodes and read the browse folders", file=sys.stderr, flush=True)
+    # Ctrl-C and `kill` stop it cleanly even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then never raises KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
