@@ -58,6 +58,14 @@ def read_manifest(folder: Path) -> tuple[Path, str, dict[str, dict]]:
     return root, split, manifest
 
 
+def by_target(records: list[dict], manifest: dict[str, dict]) -> dict[str, list[dict]]:
+    """The records of samples with a target and of those without (absent queries)."""
+    split: dict[str, list[dict]] = {"present_targets": [], "absent_targets": []}
+    for r in records:
+        split["present_targets" if manifest[r["sample_id"]]["targets"] else "absent_targets"].append(r)
+    return split
+
+
 def scores(records: list[dict]) -> dict:
     """gIoU under LISA's protocol with its 95% bootstrap interval."""
     summary = aggregate(records, LISA)
@@ -95,20 +103,18 @@ def analyse(folder: Path) -> dict:
     return {"folder": str(folder), "present": present, "boxed": boxed, "picked": picked,
             "picked_share": picked / boxed if boxed else None, "distinct_first_boxes": len(firsts),
             "most_common": [[list(b), n] for b, n in firsts.most_common(3)],
-            "all": scores(records),
-            "present_targets": scores([r for r in records if manifest[r["sample_id"]]["targets"]]),
-            "absent_targets": scores([r for r in records if not manifest[r["sample_id"]]["targets"]]),
+            "all": scores(records), **{name: scores(rows) for name, rows in by_target(records, manifest).items()},
             "kinds": kinds}
 
 
 def against(baseline: Path, folder: Path) -> dict:
     """Paired gIoU difference folder − baseline, on present and on absent targets apart."""
     _, _, manifest = read_manifest(folder)
-    base, run = read_results(baseline / "results.jsonl"), read_results(folder / "results.jsonl")
+    base = by_target(read_results(baseline / "results.jsonl"), manifest)
+    run = by_target(read_results(folder / "results.jsonl"), manifest)
     out = {"baseline": str(baseline)}
-    for name, wanted in (("present_targets", True), ("absent_targets", False)):
-        keep = [r for r in base if bool(manifest[r["sample_id"]]["targets"]) == wanted]
-        mine = [r for r in run if bool(manifest[r["sample_id"]]["targets"]) == wanted]
+    for name, keep in base.items():
+        mine = run[name]
         if len(keep) >= 2:
             diff = paired_difference(keep, mine, LISA)["gIoU"]
             out[name] = {"n": len(keep), "diff": diff["diff"], "ci95": diff["ci95"]}

@@ -40,10 +40,6 @@ def build_app(models: Models, roots: BrowseRoots, limits: UploadLimits, outputs:
     return app
 
 
-def _interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def serve(args: argparse.Namespace) -> int:
     """Start the server from `rsagent serve`'s options, print its URL, run until Ctrl-C."""
     limits = UploadLimits.from_options(args.max_upload_mb, args.max_upload_pixels)
@@ -70,8 +66,8 @@ def serve(args: argparse.Namespace) -> int:
               "episodes and read the browse folders", file=sys.stderr, flush=True)
     # Ctrl-C and `kill` stop it cleanly even when it was started with SIGINT ignored (a background job of a
     # non-interactive shell inherits that, and Python then never raises KeyboardInterrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)  # raises KeyboardInterrupt whatever the signal
     try:
         while True:
             time.sleep(3600)
