@@ -51,25 +51,25 @@ def answer(box) -> str:
     return f"<tool_call>\n{call}\n</tool_call>"
 
 
-def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: int = 2) -> list[dict]:
-    """Every single-target attribute query of one scene: image, query, target id, all shapes' boxes."""
+def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: int = 2, cell: int = 28,
+                colour_only: bool = False) -> list[dict]:
+    """Every single-target attribute query of one scene: image, query, target id, all shapes' boxes
+    (`colour_only`: only "the <colour> shape", for shapes whose colour is unique in the scene)."""
     rng = rng_for(split, index)
     banned = frozenset(HELD_OUT_PAIRS) if split == "train" else frozenset()  # as the train split draws them
     scene = sample_scene(rng, SceneConfig(size=size, min_shapes=min_shapes, max_shapes=max_shapes), banned=banned)
     boxes = [s.box for s in scene.shapes]
     items = []
     for s in scene.shapes:
-        programs = [{"op": "the", "desc": d} for d in Q._descs_of(s) if Q._clear_unique(d, s, scene.shapes)]
+        descs = [(None, s.colour, None)] if colour_only else Q._descs_of(s)
+        programs = [{"op": "the", "desc": d} for d in descs if Q._clear_unique(d, s, scene.shapes)]
         if programs:
             program = programs[int(rng.integers(len(programs)))]
             items.append({"image": scene.image, "query": Q.text(program), "target": s.id, "boxes": boxes,
                           "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1],
-                          "cover": token_cover(s.mask, CELL), "mask": s.mask,
+                          "cover": token_cover(s.mask, cell), "mask": s.mask,
                           "sample_id": f"{split}-{index}-{s.id}"})
     return items
-
-
-CELL = 28  # pixels per merged visual token side (14 px patches merged 2x2)
 
 
 def token_cover(mask: np.ndarray, cell: int) -> np.ndarray:
@@ -94,6 +94,35 @@ class MatchHead(torch.nn.Module):
         target = torch.from_numpy(np.concatenate([it["cover"] for it in items])).float()
         logits = self.linear(states).squeeze(-1)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+class AttendTarget:
+    """Auxiliary, no parameters: one attention head of the language model (`head` of `layer`), at the
+    positions that write the box's four coordinates, is trained to put its weight on the visual tokens
+    of the queried shape (in proportion to how much of each it covers). The answer's own circuit is
+    supervised where the choice is made, instead of through four coordinate tokens alone; the head's
+    values (the tokens' taught rows and columns) then carry the target's place to the answer."""
+
+    def __init__(self, tokenizer, layer: int, head: int = 0) -> None:
+        from rsagent.shapes_model import NUMBERS
+
+        self.layer, self.head = layer, head
+        self.numbers = torch.tensor(sorted({tokenizer.convert_tokens_to_ids(f) for v in range(NUMBERS)
+                                            for f in (str(v), f" {v}")}))
+
+    def loss(self, attentions, inputs, items: list[dict], image_token_id: int):
+        att = attentions[self.layer][:, self.head]  # (batch, query position, key position)
+        labels, ids = inputs["labels"], inputs["input_ids"]
+        losses = []
+        for b, it in enumerate(items):
+            coords = (torch.isin(labels[b], self.numbers)).nonzero().flatten()[:4]
+            target = torch.from_numpy(it["cover"]).float()
+            if len(coords) < 4 or target.sum() == 0:
+                continue
+            visual = (ids[b] == image_token_id).nonzero().flatten()[:len(target)]  # the first image's tokens
+            weights = att[b][coords - 1][:, visual]  # the rows that predict each coordinate
+            losses.append(-(target / target.sum() * torch.log(weights + 1e-6)).sum(-1).mean())
+        return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
 def as_episode(item: dict, frame: SmartResizeFrame, segmenter) -> dict:
@@ -216,12 +245,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=250,
                         help="steps between quick checks on the first 200 held-out queries (0: none)")
+    parser.add_argument("--colour-first", type=float, default=0.0,
+                        help="share of the budget trained on colour-only queries (\"the red shape\"): the comparison "
+                             "the visual tokens carry best (colour is 0.85 readable after perception pretraining) first")
     parser.add_argument("--match-aux", type=float, default=1.0,
                         help="weight of the auxiliary per-visual-token target loss (MatchHead; 0: none)")
     parser.add_argument("--match-layer", type=int, default=2, help="the hidden state MatchHead reads (layers run)")
+    parser.add_argument("--attend-aux", type=float, default=0.0,
+                        help="weight of the auxiliary loss that puts one attention head's weight, where the box is "
+                             "written, on the queried shape's visual tokens (AttendTarget; 0: none)")
+    parser.add_argument("--attend-layer", type=int, default=-1, help="the language model layer AttendTarget supervises")
     parser.add_argument("--answer", choices=("call", "episode"), default="call",
                         help="call: the bare segment call after the user turn; episode: a real episode's first "
                              "prompt (system prompt and tools included) answered with the oracle's first turn")
+    parser.add_argument("--freeze-vision", action="store_true",
+                        help="train the vision tower's merger only, keeping the pretrained patch blocks (as LLaVA's "
+                             "first stage keeps its encoder): the random language model's early gradients cannot wash "
+                             "out what perception pretraining taught")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads spin and run slower)")
     args = parser.parse_args()
@@ -235,6 +275,8 @@ def main() -> None:
     else:
         model, processor = build_shapes_model(args.seed)
     frame = SmartResizeFrame()
+    vision = model.config.vision_config
+    cell = vision.spatial_merge_size * vision.patch_size  # pixels a side of one visual token
     processor.tokenizer.padding_side = "right"
     if args.answer == "episode":
         segmenter = GrabCutSegmenter()  # the episode needs one; a first turn never runs it
@@ -247,7 +289,14 @@ def main() -> None:
     before = evaluate(model, processor, evals[:64], frame, max_new_tokens=new_tokens)
     torch.manual_seed(args.seed)
     match = MatchHead(model.config.text_config.hidden_size, args.match_layer) if args.match_aux > 0 else None
-    params = list(model.parameters()) + (list(match.parameters()) if match else [])
+    attend = AttendTarget(processor.tokenizer, args.attend_layer) if args.attend_aux > 0 else None
+    if attend:  # attention weights are returned by the eager implementation only
+        model.config.text_config._attn_implementation = "eager"
+    if args.freeze_vision:
+        visual = model.model.visual
+        for name, p in visual.named_parameters():
+            p.requires_grad_(name.startswith("merger."))
+    params = [p for p in model.parameters() if p.requires_grad] + (list(match.parameters()) if match else [])
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     budget = args.minutes * 60
     stages = [float(v) for v in args.curriculum.split(",")]
@@ -263,16 +312,18 @@ def main() -> None:
             g["lr"] = lr
         min_shapes, max_shapes = (1, 1) if frac < stages[0] else (2, 4) if frac < stages[1] else (2, 8)
         while len(queue) < args.batch:
-            queue += prepare(scene_items("train", scene_index, max_shapes, args.size, min_shapes))
+            queue += prepare(scene_items("train", scene_index, max_shapes, args.size, min_shapes, cell,
+                                         colour_only=frac < args.colour_first))
             scene_index += 1
         items, queue = queue[:args.batch], queue[args.batch:]
         ts = time.perf_counter()
         inputs = batch_inputs(processor, items, frame, with_answer=True)
-        out_ = model(**inputs, output_hidden_states=match is not None)
+        out_ = model(**inputs, output_hidden_states=match is not None, output_attentions=attend is not None)
         loss = out_.loss
         aux = match.loss(out_.hidden_states, inputs, items, model.config.image_token_id) if match else torch.zeros(())
+        att = attend.loss(out_.attentions, inputs, items, model.config.image_token_id) if attend else torch.zeros(())
         opt.zero_grad()
-        (loss + args.match_aux * aux).backward()
+        (loss + args.match_aux * aux + args.attend_aux * att).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step_times.append(time.perf_counter() - ts)
@@ -280,7 +331,7 @@ def main() -> None:
         seen += len(items)
         if step % 25 == 0:
             rec = {"step": step, "samples": seen, "scenes": scene_index, "seconds": round(elapsed, 1),
-                   "loss": round(loss.item(), 4), "match_loss": round(aux.item(), 4), "lr": lr, "max_shapes": max_shapes,
+                   "loss": round(loss.item(), 4), "match_loss": round(aux.item(), 4), "attend_loss": round(att.item(), 4), "lr": lr, "max_shapes": max_shapes,
                    "tokens": int(inputs["attention_mask"].sum()) / len(items)}
             if args.eval_every and step % args.eval_every == 0:
                 model.eval()

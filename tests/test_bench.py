@@ -85,3 +85,49 @@ def test_grounding_episode_answers_are_the_trajectorys_first_turn(monkeypatch):
     for b, it in enumerate(items[:2]):
         supervised = inputs["input_ids"][b][inputs["labels"][b] != -100]
         assert processor.tokenizer.decode(supervised) == it["answer"] + "<|im_end|>"
+
+
+def test_grounding_attend_loss_supervises_the_rows_that_write_the_box(monkeypatch):
+    """`--attend-aux`: the rows of one attention head that predict the four coordinates are pulled onto the
+    queried shape's visual tokens; a few steps on that loss alone raise the weight they put there."""
+    pytest.importorskip("transformers")
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import shapes_grounding as G
+
+    from rsagent.core.frames import SmartResizeFrame
+    from rsagent.shapes_model import build_shapes_model, corpus
+
+    colour = G.scene_items("train", 3, 8, 112, colour_only=True)
+    assert colour and all(it["query"] == f"the {it['colour']} shape" for it in colour)
+    model, processor = build_shapes_model(0, texts=corpus(n_samples=20, n_episodes=1))
+    model.config.text_config._attn_implementation = "eager"
+    processor.tokenizer.padding_side = "right"
+    items = [it for i in range(4) for it in G.scene_items("train", i, 4, 112)][:6]
+    inputs = G.batch_inputs(processor, items, SmartResizeFrame(), with_answer=True)
+    attend = G.AttendTarget(processor.tokenizer, layer=-1)
+    for b, it in enumerate(items):  # the supervised rows are those before the box's four numbers
+        coords = torch.isin(inputs["labels"][b], attend.numbers).nonzero().flatten()[:4]
+        assert [int(processor.tokenizer.decode(inputs["input_ids"][b][t])) for t in coords] == list(it["boxes"][it["target"]])
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def on_target() -> float:
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=True)
+        att, mass = out.attentions[-1][:, 0], []
+        for b, it in enumerate(items):
+            coords = torch.isin(inputs["labels"][b], attend.numbers).nonzero().flatten()[:4]
+            visual = (inputs["input_ids"][b] == model.config.image_token_id).nonzero().flatten()
+            mass.append(float(att[b][coords - 1][:, visual[torch.from_numpy(it["cover"] > 0)]].sum(-1).mean()))
+        return sum(mass) / len(mass)
+
+    before = on_target()
+    for _ in range(15):
+        out = model(**inputs, output_attentions=True)
+        loss = attend.loss(out.attentions, inputs, items, model.config.image_token_id)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert on_target() > max(2 * before, 0.3)

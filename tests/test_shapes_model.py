@@ -88,12 +88,18 @@ def test_token_labels_follow_the_scene_graph():
 
     from rsagent.data.shapes.generate import rng_for
     from rsagent.data.shapes.scene import COLOURS, KINDS, SceneConfig, sample_scene
-    from rsagent.shapes_vision import SUB, token_labels
+    from rsagent.shapes_vision import sub_grid, token_labels
 
+    assert (sub_grid(28), sub_grid(14)) == (4, 2)
     for index in range(5):
         scene = sample_scene(rng_for("val", index), SceneConfig(size=112))
         col, kind, occ = token_labels(scene, 28)
-        assert col.shape == (16, len(COLOURS) + 1) and kind.shape == (16, len(KINDS) + 1) and occ.shape == (16, SUB * SUB)
+        assert col.shape == (16, len(COLOURS) + 1) and kind.shape == (16, len(KINDS) + 1) and occ.shape == (16, 16)
+        fine = token_labels(scene, 14)  # one token per 14 px patch (--merge 1): 64 tokens, 2x2 sub-cells
+        assert [a.shape for a in fine] == [(64, len(COLOURS) + 1), (64, len(KINDS) + 1), (64, 4)]
+        # both tell the occupancy of the same 7 px cells, laid out on the 16x16 grid of the scene
+        np.testing.assert_allclose(fine[2].reshape(8, 8, 2, 2).transpose(0, 2, 1, 3).reshape(16, 16),
+                                   occ.reshape(4, 4, 4, 4).transpose(0, 2, 1, 3).reshape(16, 16), atol=1e-5)
         np.testing.assert_allclose(col.sum(1), 1.0, atol=1e-5)
         np.testing.assert_allclose(kind.sum(1), 1.0, atol=1e-5)
         covered = np.any([s.mask for s in scene.shapes], axis=0)
@@ -136,3 +142,30 @@ def test_vision_pretraining_learns_the_colours_and_positions_and_touches_only_th
     words = model.get_input_embeddings().weight.norm(dim=-1).mean()
     assert 0.5 < float(tokens.norm(dim=-1).mean() / words) < 2.0
     assert all(torch.equal(p, text_before[n]) for n, p in model.named_parameters() if ".visual." not in n)
+
+
+def test_a_model_of_one_patch_per_token_trains_its_vision_and_runs_an_episode(tmp_path, capsys):
+    """`--merge 1`: each 14 px patch is its own visual token (64 for a 112 px scene); the perception
+    labels, the processor and the qwen policy follow the folder's config."""
+    import torch
+
+    from rsagent.shapes_model import build_shapes_model, corpus
+    from rsagent.shapes_vision import pretrain_vision, visual_tokens
+    from rsagent.data.shapes.generate import rng_for
+    from rsagent.data.shapes.scene import SceneConfig, sample_scene
+
+    model, processor = build_shapes_model(seed=0, texts=corpus(n_samples=20, n_episodes=1), merge=1)
+    assert model.config.vision_config.spatial_merge_size == 1 == processor.image_processor.merge_size
+    torch.set_num_threads(1)
+    log = pretrain_vision(model, processor, steps=120, batch=16)
+    assert log[-1]["loss"] < log[0]["loss"] and log[-1]["colour_acc"] > 0.25  # chance 1/8 (0.83 after 600 of 32)
+    image = sample_scene(rng_for("test", 0), SceneConfig(size=112)).image
+    assert visual_tokens(model.model.visual, processor, [image]).shape == (64, 128)
+    folder = tmp_path / "m1"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    split = write_split(tmp_path / "test", "test", 1)
+    rec = json.loads((split / "manifest.jsonl").read_text().splitlines()[0])
+    code = main(["segment", str(split / rec["image"]), rec["query"], "--policy", "qwen", "--model", str(folder),
+                 "--max-pixels", "12544", "--max-turns", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "run")])
+    assert code == 0 and "turns=1" in capsys.readouterr().out

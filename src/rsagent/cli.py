@@ -179,6 +179,9 @@ def _add_shapes_parser(sub) -> None:
                             "(rsagent.shapes_vision; about 0.4 s a step on one core; default 0: random weights)")
     model.add_argument("--aligned", action="store_true",
                        help="score the vision labels against the model's own colour and kind word embeddings")
+    model.add_argument("--merge", type=int, choices=(1, 2), default=2,
+                       help="patches a side merged into one visual token: 2 (Qwen2.5-VL's; a 112 px scene is 16 "
+                            "tokens) or 1 (64 tokens of 14 px)")
     model.add_argument("--rescale-visual", action="store_true",
                        help="after vision pretraining, shrink the visual tokens to the length of word embeddings")
 
@@ -307,7 +310,8 @@ def _shapes(args: argparse.Namespace) -> int:
             raise RsagentError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
         if args.rescale_visual and args.vision_steps == 0:
             raise RsagentError("--rescale-visual applies after vision pretraining: give --vision-steps N")
-        info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual)
+        info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual,
+                                 merge=args.merge)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

@@ -33,7 +33,9 @@ import numpy as np
 from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import COLOURS, KINDS, Scene, SceneConfig, sample_scene
 
-SUB = 4  # occupancy sub-grid per token side
+def sub_grid(cell: int) -> int:
+    """Occupancy sub-cells per token side: 4 for 28 px tokens, 2 for 14 px ones (whole pixels each)."""
+    return next(k for k in (4, 2, 1) if cell % k == 0)
 _FIRST_SCENE = 5_000_000  # train seeds of this stage, far from those synthesis and the benches start at
 
 
@@ -47,7 +49,8 @@ def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.nd
     colours = list(COLOURS)
     col = np.zeros((n * n, len(colours) + 1), np.float32)
     kind = np.zeros((n * n, len(KINDS) + 1), np.float32)
-    occ = np.zeros((n * n, SUB * SUB), np.float32)
+    sub = sub_grid(cell)
+    occ = np.zeros((n * n, sub * sub), np.float32)
     for r in range(n):
         for c in range(n):
             block, i = owner[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell], r * n + c
@@ -58,7 +61,7 @@ def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.nd
             background = float((block < 0).mean())
             col[i, -1] += background
             kind[i, -1] += background
-            occ[i] = (block >= 0).reshape(SUB, cell // SUB, SUB, cell // SUB).mean((1, 3)).reshape(-1)
+            occ[i] = (block >= 0).reshape(sub, cell // sub, sub, cell // sub).mean((1, 3)).reshape(-1)
     return col, kind, occ
 
 
@@ -117,7 +120,8 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
     torch.manual_seed(seed)
     n_col, n_kind = len(COLOURS) + 1, len(KINDS) + 1
     grid = size // merge  # tokens per side
-    n_rest = SUB * SUB + 2 * grid  # occupancy, then the token's row and column
+    n_occ = sub_grid(merge) ** 2
+    n_rest = n_occ + 2 * grid  # occupancy, then the token's row and column
     if aligned:
         head = _WordHead(model, processor.tokenizer, n_rest)
     else:
@@ -136,7 +140,7 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
         col, kind, occ = (torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in range(3))
         out = head(visual_tokens(visual, processor, [s.image for s in scenes]))
         a, b = n_col, n_col + n_kind
-        c, d = b + SUB * SUB, b + SUB * SUB + grid
+        c, d = b + n_occ, b + n_occ + grid
         where = torch.arange(grid * grid).repeat(len(scenes))  # row-major, as the merged tokens come
         loss = (-(col * F.log_softmax(out[:, :a], -1)).sum(-1).mean()
                 - (kind * F.log_softmax(out[:, a:b], -1)).sum(-1).mean()
