@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--answer", choices=("call", "episode"), default="call",
                         help="call: the bare segment call after the user turn; episode: a real episode's first "
                              "prompt (system prompt and tools included) answered with the oracle's first turn")
-    parser.add_argument("--freeze-vision", action="store_true",
+    parser.add_argument("--freeze-vision-blocks", action="store_true",
                         help="train the vision tower's merger only, keeping the pretrained patch blocks (as LLaVA's "
                              "first stage keeps its encoder): the random language model's early gradients cannot wash "
                              "out what perception pretraining taught")
@@ -292,7 +292,7 @@ def main() -> None:
     attend = AttendTarget(processor.tokenizer, args.attend_layer) if args.attend_aux > 0 else None
     if attend:  # attention weights are returned by the eager implementation only
         model.config.text_config._attn_implementation = "eager"
-    if args.freeze_vision:
+    if args.freeze_vision_blocks:  # (rsagent train's --freeze-vision keeps the merger too)
         visual = model.model.visual
         for name, p in visual.named_parameters():
             p.requires_grad_(name.startswith("merger."))

@@ -3,6 +3,7 @@ what they compute, no timings. The benchmarks themselves are run by hand (docs/p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,31 @@ def test_grounding_attend_loss_supervises_the_rows_that_write_the_box(monkeypatc
         loss.backward()
         opt.step()
     assert on_target() > max(2 * before, 0.3)
+
+
+def test_grounding_with_frozen_vision_blocks_trains_only_the_merger_there(monkeypatch, tmp_path, small_shapes_model):
+    """`--freeze-vision-blocks`: a run of the bench itself keeps the vision tower's patch embedding and
+    blocks bit for bit and changes its merger and the language model."""
+    pytest.importorskip("transformers")
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import shapes_grounding as G
+
+    folder = small_shapes_model[0]
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["shapes_grounding.py", "--model", str(folder), "--out", str(out),
+                                      "--freeze-vision-blocks", "--steps", "3", "--batch", "4", "--eval", "4",
+                                      "--eval-every", "0", "--minutes", "5"])
+    G.main()
+    before, after = load_file(folder / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    vision = [k for k in before if k.startswith("visual.")]  # as the checkpoint names them
+    merger = [k for k in vision if k.startswith("visual.merger.")]
+    assert merger and all(torch.equal(before[k], after[k]) for k in vision if k not in merger)
+    assert any(not torch.equal(before[k], after[k]) for k in merger)
+    assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("visual."))
+    assert json.loads((out / "result.json").read_text())["steps"] == 3
