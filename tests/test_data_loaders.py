@@ -86,9 +86,11 @@ def reasonseg_root(tmp_path_factory, shared_data: Path, mini: Path) -> Path:
     """val/ with four samples on real images (one stored as PNG) and train/ with one; jsons in the real format."""
     example = json.loads((shared_data / EXAMPLE).read_text())
     tpl = example["shapes"][0]
-    root = tmp_path_factory.mktemp("ReasonSeg")
+    # in a parent of its own: the error test points one level too high and must find only this folder there
+    # (pytest's base temp also holds other fixtures' folders, whose .json files look like splits)
+    root = tmp_path_factory.mktemp("reasonseg") / "ReasonSeg"
     val, train = root / "val", root / "train"
-    val.mkdir()
+    val.mkdir(parents=True)
     train.mkdir()
 
     def write(folder: Path, stem: str, image: str, text: list[str], is_sentence: bool, shapes: list[dict],
