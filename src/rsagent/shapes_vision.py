@@ -33,10 +33,12 @@ import numpy as np
 from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import COLOURS, KINDS, Scene, SceneConfig, sample_scene
 
+_FIRST_SCENE = 5_000_000  # train seeds of this stage, far from those synthesis and the benches start at
+
+
 def sub_grid(cell: int) -> int:
     """Occupancy sub-cells per token side: 4 for 28 px tokens, 2 for 14 px ones (whole pixels each)."""
     return next(k for k in (4, 2, 1) if cell % k == 0)
-_FIRST_SCENE = 5_000_000  # train seeds of this stage, far from those synthesis and the benches start at
 
 
 def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
