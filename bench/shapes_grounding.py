@@ -42,6 +42,7 @@ from rsagent.policies.oracle import OraclePolicy
 from rsagent.segmenters.grabcut import GrabCutSegmenter
 from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits, save_pixel_limits
 from rsagent.shapes_model import build_shapes_model, describe
+from rsagent.train.run_dir import freeze_vision
 
 _BOX = re.compile(r'"box": \[(\d+), (\d+), (\d+), (\d+)\]')
 
@@ -292,10 +293,8 @@ def main() -> None:
     attend = AttendTarget(processor.tokenizer, args.attend_layer) if args.attend_aux > 0 else None
     if attend:  # attention weights are returned by the eager implementation only
         model.config.text_config._attn_implementation = "eager"
-    if args.freeze_vision_blocks:  # (rsagent train's --freeze-vision keeps the merger too)
-        visual = model.model.visual
-        for name, p in visual.named_parameters():
-            p.requires_grad_(name.startswith("merger."))
+    if args.freeze_vision_blocks:
+        freeze_vision(model, "blocks")
     params = [p for p in model.parameters() if p.requires_grad] + (list(match.parameters()) if match else [])
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     budget = args.minutes * 60

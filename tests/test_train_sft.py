@@ -26,7 +26,7 @@ from rsagent.segmenters import make_segmenter  # noqa: E402
 from rsagent.shapes_model import MAX_PIXELS  # noqa: E402
 from rsagent.synth.recovery import replay  # noqa: E402
 from rsagent.train import load_sft_config, train_sft  # noqa: E402
-from rsagent.train.config import CONFIG_FILE  # noqa: E402
+from rsagent.train.config import CONFIG_FILE, read_config  # noqa: E402
 from rsagent.train.sft_data import SFTCollator, load_rows, sft_dataset  # noqa: E402
 
 SMALL = dict(per_device_batch=2, lr=2e-3, gradient_checkpointing=False, logging_steps=1, device="cpu",
@@ -233,17 +233,37 @@ def test_lora_saves_the_adapter_and_a_merged_folder(tiny, export, tmp_path):
          "down_proj.weight")) for n in changed)
 
 
-def test_frozen_vision_keeps_the_vision_tower(tiny, export, tmp_path):
+@pytest.mark.parametrize("frozen", [True, "blocks"])
+def test_frozen_vision_keeps_the_vision_tower(tiny, export, tmp_path, frozen):
+    """True keeps the whole tower; "blocks" (--freeze-vision-blocks) all of it but the merger, which trains."""
     from safetensors.torch import load_file
 
     out = tmp_path / "frozen"
     train_sft(load_sft_config(None, data=str(export), model=str(tiny[0]), out=str(out), max_steps=2, save_steps=2,
-                              freeze_vision=True, **SMALL))
+                              freeze_vision=frozen, **SMALL))
     before, after = load_file(tiny[0] / "model.safetensors"), load_file(out / "model.safetensors")
     vision = [k for k in before if k.startswith(("visual.", "model.visual."))]  # the saved (hub) key names
-    assert vision and before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in vision)
-    assert any(not torch.equal(before[k], after[k]) for k in before if k not in vision)
+    merger = [k for k in vision if ".merger." in k or k.startswith("visual.merger.")]
+    kept = vision if frozen is True else [k for k in vision if k not in merger]
+    assert merger and kept and before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in kept)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in kept)
+    if frozen == "blocks":
+        assert any(not torch.equal(before[k], after[k]) for k in merger)
+    assert read_config(out / CONFIG_FILE)["freeze_vision"] == frozen  # written back as the run's setting
+
+
+def test_freeze_vision_blocks_is_a_flag_and_other_values_are_refused(tiny, export, tmp_path, capsys):
+    from rsagent.cli import _build_parser
+
+    args = _build_parser().parse_args(["train", "sft", "--data", "d", "--model", "m", "--out", "o",
+                                      "--freeze-vision-blocks"])
+    assert args.freeze_vision == "blocks"
+    config = tmp_path / "c.yaml"
+    config.write_text("freeze_vision: merger\n")
+    assert main(["train", "sft", "--config", str(config), "--data", str(export), "--model", str(tiny[0]),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "freeze_vision must be true, false or blocks, got 'merger'" in capsys.readouterr().err
 
 
 # --- refusals -----------------------------------------------------------------------------------

@@ -262,6 +262,8 @@ def _train_weight_options(group) -> None:
                        help="LoRA on the language model (the final folder holds the merge; OUT/adapter the adapter)")
     group.add_argument("--freeze-vision", dest="freeze_vision", action=argparse.BooleanOptionalAction, default=None,
                        help="keep the vision tower's weights")
+    group.add_argument("--freeze-vision-blocks", dest="freeze_vision", action="store_const", const="blocks",
+                       help="keep the vision tower's patch embedding and blocks; its merger trains")
     group.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
                        action=argparse.BooleanOptionalAction, default=None)
 

@@ -51,7 +51,8 @@ class SFTConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_PROJECTIONS))  # language model only
-    freeze_vision: bool = False  # model.model.visual (patch embedding, blocks, merger) keeps its weights
+    # true: model.model.visual (patch embedding, blocks, merger) keeps its weights; blocks: all but the merger
+    freeze_vision: bool | str = False
     # memory and precision
     gradient_checkpointing: bool = True
     bf16: bool | str = "auto"  # "auto": on when CUDA supports bf16
@@ -98,12 +99,19 @@ class SFTConfig:
             raise RsagentError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if self.bf16 not in (True, False, "auto"):
             raise RsagentError(f"bf16 must be true, false or auto, got {self.bf16!r}")
+        check_freeze_vision(self.freeze_vision)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise RsagentError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.eval_steps and not self.eval_dataset:
             raise RsagentError("eval_steps > 0 needs eval_dataset (e.g. --eval-dataset shapes)")
         if self.eval_max_turns is not None and self.eval_max_turns < 1:
             raise RsagentError(f"eval_max_turns must be at least 1, got {self.eval_max_turns}")
+
+
+def check_freeze_vision(value) -> None:
+    """freeze_vision is true (the whole vision tower), false, or "blocks" (all of it but the merger)."""
+    if value not in (False, True, "blocks"):
+        raise RsagentError(f"freeze_vision must be true, false or blocks, got {value!r}")
 
 
 def _check_type(name: str, value, hint) -> None:

@@ -45,6 +45,7 @@ from rsagent.train.rl_config import RL_RESUMABLE_CHANGES, RLConfig
 from rsagent.train.rl_outputs import ADAPTER_DIR, GALLERY_DIR, RunLog, restore, save_checkpoint, save_weights, write_gallery
 from rsagent.train.run_dir import (
     eval_dataset_spec,
+    freeze_vision,
     prepare_out,
     resolve_precision,
     truncate_log,
@@ -368,9 +369,7 @@ def _load_trainable(config: RLConfig, checkpoint: str | None, device: str, dtype
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.freeze_vision:
-        for param in model.model.visual.parameters():
-            param.requires_grad = False
+    freeze_vision(model, config.freeze_vision)
     if config.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 

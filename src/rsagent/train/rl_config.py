@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from rsagent.core.errors import RsagentError
-from rsagent.train.config import LANGUAGE_PROJECTIONS, SCHEDULERS
+from rsagent.train.config import LANGUAGE_PROJECTIONS, SCHEDULERS, check_freeze_vision
 
 # may change on --resume: length, where it runs, what and how often it logs, saves, shows and evaluates
 RL_RESUMABLE_CHANGES = frozenset({
@@ -66,7 +66,7 @@ class RLConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_PROJECTIONS))
-    freeze_vision: bool = True
+    freeze_vision: bool | str = True  # as SFTConfig's: true, false or blocks
     gradient_checkpointing: bool = False
     bf16: bool | str = "auto"
     dtype: str = "auto"
@@ -116,6 +116,7 @@ class RLConfig:
             raise RsagentError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if self.bf16 not in (True, False, "auto"):
             raise RsagentError(f"bf16 must be true, false or auto, got {self.bf16!r}")
+        check_freeze_vision(self.freeze_vision)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise RsagentError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.eval_steps < 0 or self.gallery_steps < 0:

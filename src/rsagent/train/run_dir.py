@@ -1,4 +1,5 @@
-"""What every training run shares: its output folder and resuming it, precision, the held-out set."""
+"""What every training run shares: its output folder and resuming it, which weights train, precision, the
+held-out set."""
 
 from __future__ import annotations
 
@@ -6,9 +7,24 @@ import json
 from pathlib import Path
 
 from rsagent.core.errors import RsagentError
-from rsagent.train.config import CONFIG_FILE, RESUMABLE_CHANGES, read_config, resume_differences
+from rsagent.train.config import CONFIG_FILE, RESUMABLE_CHANGES, check_freeze_vision, read_config, resume_differences
 
 CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def freeze_vision(model, what: bool | str) -> None:
+    """Keep the vision tower's weights: True the whole tower, "blocks" its patch embedding and blocks only.
+
+    "blocks" lets the merger (the projector into the language model) train, as LLaVA's first stage does: a
+    language model trained from random weights sends the tower noisy gradients that wash out what perception
+    pretraining taught it (docs/shapes.md, 2026-11-27 (g): grounding learns about twice as fast).
+    """
+    check_freeze_vision(what)
+    if what is False:
+        return
+    for name, param in model.model.visual.named_parameters():
+        if what is True or not name.startswith("merger."):
+            param.requires_grad_(False)
 
 
 def prepare_out(out: Path, config, resumable: frozenset[str] = RESUMABLE_CHANGES) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rsagent.train.callbacks import EVAL_DIR, LOG_FILE, ConfigInCheckpoint, JSONLLogger, RolloutEval
 from rsagent.train.config import CONFIG_FILE, SFTConfig, replace, write_config
-from rsagent.train.run_dir import eval_dataset_spec, prepare_out, resolve_precision, truncate_log
+from rsagent.train.run_dir import eval_dataset_spec, freeze_vision, prepare_out, resolve_precision, truncate_log
 from rsagent.train.sft_data import (
     SFTCollator,
     check_pixels,
@@ -55,9 +55,7 @@ def train_sft(config: SFTConfig) -> dict:
     processor = load_processor(config.model, min_pixels, max_pixels)
     model = load_qwen_model(config.model, str(args.device), getattr(torch, config.dtype))
     model.config.use_cache = False  # training; the rollout policy passes use_cache itself
-    if config.freeze_vision:
-        for param in model.model.visual.parameters():
-            param.requires_grad = False
+    freeze_vision(model, config.freeze_vision)
     if args.process_index == 0:
         write_config(config, out / CONFIG_FILE)
         if checkpoint is not None:
