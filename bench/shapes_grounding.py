@@ -33,7 +33,7 @@ import torch
 from rsagent.core.frames import SmartResizeFrame
 from rsagent.core.mask import GroundTruth, box_iou
 from rsagent.data.shapes import queries as Q
-from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
+from rsagent.data.shapes.generate import HELD_OUT_PAIRS, generate, rng_for
 from rsagent.data.shapes.scene import SceneConfig, sample_scene
 from rsagent.env.episode import Episode, EpisodeConfig, EpisodeTask
 from rsagent.env.prompt import user_text
@@ -71,6 +71,16 @@ def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: 
                           "cover": token_cover(s.mask, cell), "mask": s.mask,
                           "sample_id": f"{split}-{index}-{s.id}"})
     return items
+
+
+def dataset_items(split: str, index: int, cell: int = 28) -> list[dict]:
+    """Sample `index` of the shapes dataset's `split` as a training item (`--queries mix`): the scene and
+    query `rsagent shapes make` writes, of any kind in the dataset's mix (relations, ordinals, reasoning,
+    several targets, absent ones), its target the union of the targets' masks."""
+    sample = generate(split, index)
+    mask = sample.mask
+    return [{"image": sample.scene.image, "query": sample.query, "mask": mask, "cover": token_cover(mask, cell),
+             "sample_id": sample.sample_id}]
 
 
 def token_cover(mask: np.ndarray, cell: int) -> np.ndarray:
@@ -259,6 +269,10 @@ def main() -> None:
     parser.add_argument("--answer", choices=("call", "episode"), default="call",
                         help="call: the bare segment call after the user turn; episode: a real episode's first "
                              "prompt (system prompt and tools included) answered with the oracle's first turn")
+    parser.add_argument("--queries", choices=("attribute", "mix"), default="attribute",
+                        help="attribute: every single-target attribute query of each scene (\"the red circle\"); mix: "
+                             "the shapes dataset's own train samples, every query kind of its mix (episode answers only; "
+                             "its scenes hold 2-8 shapes, so --curriculum must be 0,0)")
     parser.add_argument("--freeze-vision-blocks", action="store_true",
                         help="train the vision tower's merger only, keeping the pretrained patch blocks (as LLaVA's "
                              "first stage keeps its encoder): the random language model's early gradients cannot wash "
@@ -266,6 +280,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads spin and run slower)")
     args = parser.parse_args()
+    if args.queries == "mix" and (args.answer != "episode" or args.curriculum != "0,0" or args.colour_first):
+        parser.error("--queries mix needs --answer episode and --curriculum 0,0 (and no --colour-first): a bare "
+                     "call cannot answer absent or multi-target queries, and the dataset draws its own scenes")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +328,8 @@ def main() -> None:
             g["lr"] = lr
         min_shapes, max_shapes = (1, 1) if frac < stages[0] else (2, 4) if frac < stages[1] else (2, 8)
         while len(queue) < args.batch:
-            queue += prepare(scene_items("train", scene_index, max_shapes, args.size, min_shapes, cell,
+            queue += prepare(dataset_items("train", scene_index, cell) if args.queries == "mix" else
+                             scene_items("train", scene_index, max_shapes, args.size, min_shapes, cell,
                                          colour_only=frac < args.colour_first))
             scene_index += 1
         items, queue = queue[:args.batch], queue[args.batch:]

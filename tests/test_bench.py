@@ -160,3 +160,43 @@ def test_grounding_with_frozen_vision_blocks_trains_only_the_merger_there(monkey
     assert any(not torch.equal(before[k], after[k]) for k in merger)
     assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("visual."))
     assert json.loads((out / "result.json").read_text())["steps"] == 3
+
+
+def test_grounding_mix_items_are_the_datasets_samples_with_their_first_turns(monkeypatch):
+    """`--queries mix`: training items are the shapes dataset's own samples (every query kind, absent and
+    several-target ones included), answered in the episode's words by the oracle's first turn."""
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import shapes_grounding as G
+
+    from rsagent.core.frames import SmartResizeFrame
+    from rsagent.data.shapes.generate import generate
+    from rsagent.env.parse import parse_answer
+    from rsagent.segmenters.grabcut import GrabCutSegmenter
+
+    frame, segmenter, kinds = SmartResizeFrame(), GrabCutSegmenter(), set()
+    for index in range(40):
+        sample = generate("train", index)
+        item, = G.dataset_items("train", index)
+        assert item["query"] == sample.query and np.array_equal(item["mask"], sample.mask)
+        assert item["cover"].shape == (16,) and item["cover"].sum() == pytest.approx(sample.mask.sum() / 28 ** 2, abs=1e-6)
+        call = parse_answer(G.as_episode(item, frame, segmenter)["answer"]).call
+        kinds.add(sample.kind)
+        if not sample.targets:
+            assert call["name"] == "submit" and not call["arguments"].get("mask_ids")  # absent: nothing to box
+        else:
+            x0, y0, x1, y1 = call["arguments"]["box"]
+            assert sample.mask[y0:y1, x0:x1].any()  # the first box meets a target
+    assert {"absent", "multi", "relation"} <= kinds
+
+
+def test_grounding_mix_needs_episode_answers(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import shapes_grounding as G
+
+    monkeypatch.setattr(sys, "argv", ["shapes_grounding.py", "--out", str(tmp_path), "--queries", "mix"])
+    with pytest.raises(SystemExit):
+        G.main()
+    assert "--queries mix needs --answer episode" in capsys.readouterr().err

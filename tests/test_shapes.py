@@ -23,6 +23,18 @@ def test_the_domain_has_the_kinds_and_colours_asked_for():
     assert len(COLOURS) >= 7
 
 
+def test_a_shapes_box_follows_its_mask():
+    """`Shape.box` is kept between calls (query generation asks for it very often) but never outlives the
+    mask it was computed from."""
+    shape = generate("train", 3).scene.shapes[0]
+    ys, xs = np.nonzero(shape.mask)
+    assert shape.box == shape.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    moved = np.zeros_like(shape.mask)
+    moved[5:9, 20:31] = True
+    shape.mask = moved
+    assert shape.box == (20, 5, 31, 9)
+
+
 def test_a_sample_depends_on_its_split_and_index_only():
     a, b = generate("val", 17), generate("val", 17)
     assert a.query == b.query and a.targets == b.targets

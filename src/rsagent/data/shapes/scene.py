@@ -46,9 +46,14 @@ class Shape:
 
     @property
     def box(self) -> tuple[int, int, int, int]:
-        """Visible pixels' bounding box [x0, y0, x1, y1) (exclusive ends)."""
-        ys, xs = np.nonzero(self.mask)
-        return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        """Visible pixels' bounding box [x0, y0, x1, y1) (exclusive ends); kept for the mask it was computed
+        from, since query generation asks for it tens of thousands of times a scene."""
+        cached = self.__dict__.get("_box")
+        if cached is None or cached[0] is not self.mask:
+            ys, xs = np.nonzero(self.mask)
+            cached = (self.mask, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+            self.__dict__["_box"] = cached
+        return cached[1]
 
     @property
     def centre(self) -> tuple[float, float]:
