@@ -187,9 +187,11 @@ def _add_shapes_parser(sub) -> None:
 
 
 def _add_train_parser(sub) -> None:
-    trn = sub.add_parser("train", help="train the qwen policy: SFT on synthesized trajectories, then RL")
+    trn = sub.add_parser("train", help="train the qwen policy: grounding (shapes), SFT on synthesized trajectories, "
+                         "then RL")
     stages = trn.add_subparsers(dest="stage", required=True)
     # every option defaults to None: only the flags given override the --config file (then the config's defaults)
+    _add_ground_parser(stages)
     sft = stages.add_parser("sft", help="cold-start SFT on a `rsagent synth` export (TRL SFTTrainer; docs/training.md)")
     group = _train_run_options(sft, "configs/sft_*.yaml")
     group.add_argument("--data", default=None, help="a `rsagent synth` output folder (sft.jsonl, images/, run.json)")
@@ -243,6 +245,51 @@ def _add_train_parser(sub) -> None:
         help="also play the held-out samples at the training temperature (eval_sampled_*: the reward GRPO optimises)")
 
 
+def _add_ground_parser(stages) -> None:
+    gr = stages.add_parser("ground", help="grounding on shapes: single first turns answered with the target's box "
+                                          "(a bare segment call, or the oracle's first turn), before SFT (docs/shapes.md)",
+                           description="--model: a `rsagent shapes model` folder (left out: a fresh random shapes "
+                                       "model of --seed). The final model goes into --out (--policy qwen --model OUT).")
+    group = _train_run_options(gr, "configs/ground_*.yaml")
+    group.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default 1)")
+    group.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    group = gr.add_argument_group("what is trained on")
+    group.add_argument("--answer", default=None, choices=("call", "episode"),
+                       help="call: the bare segment call after the user turn; episode: a real episode's first prompt "
+                            "answered with the oracle's first turn (default call)")
+    group.add_argument("--queries", default=None, choices=("attribute", "mix"),
+                       help="attribute: every single-target attribute query of each scene; mix: the shapes dataset's "
+                            "own train samples (needs --answer episode --curriculum 0,0; default attribute)")
+    group.add_argument("--curriculum", default=None, metavar="A,B",
+                       help="shares of --steps ending the one-shape and the 2-4 shape stages (then 2-8; default 0.1,0.3)")
+    group.add_argument("--colour-first", dest="colour_first", type=float, default=None, metavar="SHARE",
+                       help="share of --steps trained on colour-only queries first (default 0)")
+    group.add_argument("--size", type=int, default=None, help="scene pixels a side (default 112)")
+    group = gr.add_argument_group("optimisation")
+    group.add_argument("--steps", type=int, default=None, metavar="N",
+                       help="the schedule's optimiser steps: the learning rate and the curriculum follow it")
+    group.add_argument("--stop-after", dest="stop_after", type=int, default=None, metavar="N",
+                       help="stop after N steps of the schedule (replays a run cut by --minutes step for step)")
+    group.add_argument("--minutes", type=float, default=None, help="stop at this wall-clock time of training")
+    group.add_argument("--batch", type=int, default=None, metavar="N", help="samples per step (default 32)")
+    _train_weight_options(group, large=False)
+    group.add_argument("--match-aux", dest="match_aux", type=float, default=None, metavar="W",
+                       help="weight of the per-visual-token target loss (MatchHead; 0: none; default 1)")
+    group.add_argument("--match-layer", dest="match_layer", type=int, default=None, metavar="L")
+    group.add_argument("--attend-aux", dest="attend_aux", type=float, default=None, metavar="W",
+                       help="weight of the loss putting one head's attention, where the box is written, on the "
+                            "target's visual tokens (AttendTarget; default 0)")
+    group.add_argument("--attend-layer", dest="attend_layer", type=int, default=None, metavar="L")
+    group.add_argument("--log-steps", dest="log_steps", type=int, default=None, metavar="N")
+    group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
+    group.add_argument("--save-total-limit", dest="save_total_limit", type=int, default=None, metavar="N")
+    group = gr.add_argument_group("held-out test queries")
+    group.add_argument("--eval-n", dest="eval_n", type=int, default=None, metavar="N",
+                       help="queries scored at the end (default 600)")
+    group.add_argument("--eval-every", dest="eval_every", type=int, default=None, metavar="N",
+                       help="steps between quick checks on the first 200 of them (0: none; default 250)")
+
+
 def _train_run_options(parser, configs: str):
     group = parser.add_argument_group("run")
     group.add_argument("--config", default=None, metavar="FILE", help=f"YAML file of settings ({configs})")
@@ -256,16 +303,19 @@ def _train_run_options(parser, configs: str):
     return group
 
 
-def _train_weight_options(group) -> None:
+def _train_weight_options(group, large: bool = True) -> None:
+    """--lr and what trains; `large`: also LoRA and gradient checkpointing (not for the tiny shapes model)."""
     group.add_argument("--lr", type=float, default=None)
-    group.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
-                       help="LoRA on the language model (the final folder holds the merge; OUT/adapter the adapter)")
+    if large:
+        group.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
+                           help="LoRA on the language model (the final folder holds the merge; OUT/adapter the adapter)")
     group.add_argument("--freeze-vision", dest="freeze_vision", action=argparse.BooleanOptionalAction, default=None,
                        help="keep the vision tower's weights")
     group.add_argument("--freeze-vision-blocks", dest="freeze_vision", action="store_const", const="blocks",
                        help="keep the vision tower's patch embedding and blocks; its merger trains")
-    group.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
-                       action=argparse.BooleanOptionalAction, default=None)
+    if large:
+        group.add_argument("--gradient-checkpointing", dest="gradient_checkpointing",
+                           action=argparse.BooleanOptionalAction, default=None)
 
 
 def _train_eval_options(parser):
@@ -283,6 +333,15 @@ def _train_eval_options(parser):
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    if args.stage == "ground":
+        from rsagent.train import GroundConfig, load_ground_config, train_ground
+
+        flags = {f.name: getattr(args, f.name) for f in fields(GroundConfig) if hasattr(args, f.name)}
+        result = train_ground(load_ground_config(args.config, **flags))
+        after = result["after"]
+        print(f"steps={result['steps']} picked={after['picked']['mean']:.3f} iou={after['iou']['mean']:.3f} "
+              f"samples={result['samples']} seconds={sum(result['seconds'].values()):.1f} out={result['out']}")
+        return 0
     if args.stage == "rl":
         from rsagent.train import RLConfig, load_rl_config, train_rl
 

@@ -1,0 +1,138 @@
+"""Grounding (`rsagent train ground`): the small shapes model trained a few steps on single first turns
+writes a folder the qwen policy loads, checkpoints that a resumed run continues to exactly the weights and
+log of an uninterrupted one, and refuses settings it cannot run with or resume under."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from rsagent.cli import main  # noqa: E402
+from rsagent.core.errors import RsagentError  # noqa: E402
+from rsagent.train import GroundConfig, load_ground_config, train_ground  # noqa: E402
+from rsagent.train.config import read_config  # noqa: E402
+from rsagent.train.ground import STATE_FILE  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMALL = dict(steps=6, batch=4, eval_n=4, eval_every=0, log_steps=1, device="cpu", progress=False)
+
+
+def _run(tmp_path: Path, name: str, model: Path, **changes) -> dict:
+    return train_ground(GroundConfig(model=str(model), out=str(tmp_path / name), **{**SMALL, **changes}))
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def _log(folder: Path) -> list[dict]:
+    """The log's rows without their wall-clock seconds."""
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_a_run_writes_a_loadable_model_its_config_log_result_and_checkpoints(small_shapes_model, tmp_path):
+    from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits
+
+    start, _, processor = small_shapes_model
+    result = _run(tmp_path, "run", start, save_steps=4, freeze_vision="blocks")
+    out = tmp_path / "run"
+    assert result["steps"] == 6 and result["samples"] == 24 and result["out"] == str(out)
+    assert json.loads((out / "result.json").read_text()).keys() >= {
+        "config", "model", "steps", "samples", "train_scenes", "seconds", "step_seconds_median",
+        "before_training_64", "after"}
+    assert result["after"]["n"] == 4 and result["before_training_64"]["n"] == 4
+    assert read_config(out / "train_config.yaml") == GroundConfig(model=str(start), out=str(out), save_steps=4,
+                                                                  freeze_vision="blocks", **SMALL).to_dict()
+    assert [row["step"] for row in _log(out)] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "match_loss", "lr", "samples", "scenes", "max_shapes"} <= _log(out)[0].keys()
+    # every save_steps, and where the run stopped
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert (out / "checkpoint-4" / STATE_FILE).is_file() and (out / "checkpoint-4" / "train_config.yaml").is_file()
+    final, last, begin = _weights(out), _weights(out / "checkpoint-6"), _weights(start)
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    blocks = [k for k in begin if k.startswith("visual.") and not k.startswith("visual.merger.")]
+    assert blocks and all(torch.equal(begin[k], final[k]) for k in blocks)  # freeze_vision: blocks
+    assert any(not torch.equal(begin[k], final[k]) for k in begin if not k.startswith("visual."))
+    # the final folder is the policy: the qwen loader takes it, at the pixel limits it trained with
+    model = load_qwen_model(str(out), "cpu", torch.float32)
+    assert all(torch.equal(v, final[k]) for k, v in model.state_dict().items() if k in final)
+    assert pixel_limits(str(out)) == pixel_limits(str(start))
+    assert len(load_processor(str(out)).tokenizer) == len(processor.tokenizer)
+
+
+def test_resume_gives_the_weights_and_log_of_an_uninterrupted_run(small_shapes_model, tmp_path, capsys):
+    """Stopped at a checkpoint whose queue still holds items of a partly used scene, drawn under a stage of
+    the curriculum that has ended (colour-only queries), then resumed with --resume: the same items,
+    learning rates, optimiser and MatchHead state, so the same weights."""
+    start = small_shapes_model[0]
+    settings = dict(steps=8, colour_first=0.2, attend_aux=0.5)  # every kind of scene source, both aux losses
+    straight = _run(tmp_path, "straight", start, **settings)
+    _run(tmp_path, "parts", start, stop_after=2, save_steps=2, **settings)
+    parts = tmp_path / "parts"
+    state = torch.load(parts / "checkpoint-2" / STATE_FILE, weights_only=False)
+    assert state["step"] == 2 and state["match"] is not None
+    assert state["queue"]["queued"] and all(source["colour_only"] for source, _ in state["queue"]["queued"])
+    flags = ["train", "ground", "--model", str(start), "--out", str(parts), "--steps", "8", "--batch", "4",
+             "--eval-n", "4", "--eval-every", "0", "--log-steps", "1", "--device", "cpu", "--no-progress",
+             "--colour-first", "0.2", "--attend-aux", "0.5"]
+    assert main(flags + ["--resume", "--save-steps", "5"]) == 0  # how often it saves may change
+    assert "steps=8" in capsys.readouterr().out
+    a, b = _weights(tmp_path / "straight"), _weights(parts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _log(tmp_path / "straight") == _log(parts) and len(_log(parts)) == 8
+    resumed = json.loads((parts / "result.json").read_text())
+    assert resumed["resumed_from"] == str(parts / "checkpoint-2")
+    for key in ("steps", "samples", "train_scenes", "before_training_64", "after"):
+        assert resumed[key] == straight[key], key
+
+
+def test_clear_errors_for_settings_it_cannot_run_or_resume_with(small_shapes_model, tmp_path, capsys):
+    with pytest.raises(RsagentError, match="--queries mix needs --answer episode"):
+        GroundConfig(out="x", queries="mix", curriculum="0,0").check()
+    with pytest.raises(RsagentError, match="--queries mix needs"):
+        GroundConfig(out="x", queries="mix", answer="episode").check()  # the dataset draws its own scenes
+    with pytest.raises(RsagentError, match="curriculum"):
+        GroundConfig(out="x", curriculum="0.1").check()
+    with pytest.raises(RsagentError, match="needs --out"):
+        GroundConfig().check()
+    with pytest.raises(RsagentError, match="freeze_vision"):
+        GroundConfig(out="x", freeze_vision="merger").check()
+    with pytest.raises(RsagentError, match="unknown config key"):
+        load_ground_config(None, out="x", max_steps=3)
+    start = small_shapes_model[0]
+    _run(tmp_path, "run", start, steps=4, stop_after=1)
+    with pytest.raises(RsagentError, match="pass --resume"):
+        _run(tmp_path, "run", start, steps=4, stop_after=1)  # a used folder
+    with pytest.raises(RsagentError, match="lr: 0.002 then, 0.001 now"):
+        _run(tmp_path, "run", start, steps=4, resume=True, lr=1e-3)
+    with pytest.raises(RsagentError, match="steps: 4 then, 5 now"):
+        _run(tmp_path, "run", start, steps=5, resume=True)  # the schedule follows steps
+    assert main(["train", "ground", "--out", str(tmp_path / "mix"), "--queries", "mix"]) == 2
+    assert "--queries mix needs --answer episode" in capsys.readouterr().err
+
+
+def test_the_cli_runs_the_shipped_config_with_overrides(small_shapes_model, tmp_path, capsys):
+    config = CONFIGS / "ground_shapes_cpu.yaml"
+    shipped = load_ground_config(config)
+    assert (shipped.answer, shipped.freeze_vision, shipped.steps, shipped.stop_after) == ("episode", "blocks", 5000, 1555)
+    assert (shipped.lr, shipped.curriculum, shipped.queries, shipped.match_aux, shipped.eval_n) == (
+        2e-3, "0.1,0.3", "attribute", 1.0, 600)
+    out = tmp_path / "run"
+    assert main(["train", "ground", "--config", str(config), "--model", str(small_shapes_model[0]), "--out", str(out),
+                 "--steps", "4", "--stop-after", "2", "--batch", "2", "--eval-n", "2", "--eval-every", "0",
+                 "--log-steps", "1", "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("steps=2 picked=") and line.endswith(f"out={out}")
+    stored = read_config(out / "train_config.yaml")
+    assert (stored["answer"], stored["freeze_vision"], stored["steps"], stored["stop_after"], stored["lr"]) == (
+        "episode", "blocks", 4, 2, 2e-3)
+    assert [row["step"] for row in _log(out)] == [1, 2] and (out / "checkpoint-2").is_dir()
+    assert (out / "model.safetensors").is_file()
