@@ -304,6 +304,18 @@ def test_prompts_of_excluded_kinds_are_left_out(tmp_path):
         load_prompts(load_rl_config(None, **base, exclude_kinds=kinds))
 
 
+def test_exclude_kinds_alone_on_the_command_line_keeps_every_kind():
+    """`--exclude-kinds` with no kind overrides the shipped config's [absent]: the absent prompts come back
+    (the grounded route trains on them, docs/training.md "2026-11-27 (f)")."""
+    from rsagent.cli import _build_parser
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "rl_shapes_cpu.yaml"
+    for given, expected in ((["--exclude-kinds"], []), ([], ["absent"]), (["--exclude-kinds", "multi", "absent"],
+                                                                          ["multi", "absent"])):
+        args = _build_parser().parse_args(["train", "rl", "--config", str(config)] + given)
+        assert load_rl_config(args.config, exclude_kinds=args.exclude_kinds).exclude_kinds == expected
+
+
 def test_the_shipped_rl_configs_load():
     configs = Path(__file__).resolve().parents[1] / "configs"
     loaded = {p.stem: load_rl_config(p) for p in sorted(configs.glob("rl_*.yaml"))}

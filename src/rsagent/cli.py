@@ -216,8 +216,9 @@ def _add_train_parser(sub) -> None:
     group.add_argument("--prompts-root", dest="prompts_root", default=None, metavar="PATH",
                        help="the dataset's folder (shapes: its default folder)")
     group.add_argument("--prompts-split", dest="prompts_split", default=None, metavar="SPLIT")
-    group.add_argument("--exclude-kinds", dest="exclude_kinds", nargs="+", default=None, metavar="KIND",
-                       help="drop prompts of these kinds (the loader's `kind`, e.g. shapes' absent)")
+    group.add_argument("--exclude-kinds", dest="exclude_kinds", nargs="*", default=None, metavar="KIND",
+                       help="drop prompts of these kinds (the loader's `kind`, e.g. shapes' absent); given "
+                            "alone, none (every kind, whatever the config says)")
     group.add_argument("--segmenter", default=None, help="the tool the episodes call (default grabcut)")
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     group = rl.add_argument_group("optimisation")
