@@ -40,7 +40,7 @@ from rsagent.train.ground_aux import AttendTarget, MatchHead
 from rsagent.train.ground_config import GROUND_RESUMABLE_CHANGES, GroundConfig
 from rsagent.train.ground_data import ItemQueue, as_episode, batch_inputs, dataset_items, eval_items, scene_items
 from rsagent.train.ground_eval import evaluate
-from rsagent.train.run_dir import CHECKPOINT_PREFIX, checkpoint_step, freeze_vision, prepare_out, truncate_log
+from rsagent.train.run_dir import CHECKPOINT_PREFIX, freeze_vision, prepare_out, publish_checkpoint, truncate_log
 
 STATE_FILE = "ground_state.pt"
 RESULT_FILE = "result.json"
@@ -222,19 +222,12 @@ def _save_model(folder: Path, config: GroundConfig, model, processor) -> None:
 
 def _save_checkpoint(out: Path, step: int, config: GroundConfig, model, processor, state: dict) -> None:
     """OUT/checkpoint-N, written whole into a temporary folder then renamed; the oldest beyond the limit go."""
-    folder = out / f"{CHECKPOINT_PREFIX}{step}"
     tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     _save_model(tmp, config, model, processor)
     torch.save(state, tmp / STATE_FILE)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)  # a checkpoint folder is complete or absent
-    if config.save_total_limit:
-        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
-        for old in done[:-config.save_total_limit]:
-            shutil.rmtree(old)
+    publish_checkpoint(out, tmp, step, config.save_total_limit)
 
 
 __all__ = ["GroundConfig", "train_ground"]

@@ -12,7 +12,7 @@ from rsagent.core.errors import RsagentError
 from rsagent.train.callbacks import LOG_FILE
 from rsagent.train.config import CONFIG_FILE, write_config
 from rsagent.train.rl_config import RLConfig
-from rsagent.train.run_dir import CHECKPOINT_PREFIX, checkpoint_step
+from rsagent.train.run_dir import CHECKPOINT_PREFIX, publish_checkpoint
 
 STATE_FILE = "rl_state.pt"  # optimizer, scheduler, step
 RANK_FILE = "rl_rank{rank}.pt"  # each process's sampler and RNG state
@@ -45,7 +45,6 @@ def save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor
     """OUT/checkpoint-N, written whole into a temporary folder then renamed; each process adds its sampler."""
     import torch
 
-    folder = out / f"{CHECKPOINT_PREFIX}{step}"
     tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if accelerator.is_main_process:
         if tmp.exists():
@@ -57,15 +56,8 @@ def save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor
     torch.save({"sampler": policy.sampler_state, "torch_rng": torch.get_rng_state()},
                tmp / RANK_FILE.format(rank=accelerator.process_index))
     accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)  # a checkpoint folder is complete or absent
-    if config.save_total_limit:
-        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
-        for old in done[:-config.save_total_limit]:
-            shutil.rmtree(old)
+    if accelerator.is_main_process:
+        publish_checkpoint(out, tmp, step, config.save_total_limit)
 
 
 def restore(checkpoint: Path, optimizer, scheduler, policy, rank: int) -> int:

@@ -54,6 +54,21 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
 
 
+def publish_checkpoint(out: Path, tmp: Path, step: int, keep: int | None) -> None:
+    """Rename the finished `tmp` folder to OUT/checkpoint-<step> (a checkpoint folder is complete or absent),
+    then drop the oldest beyond `keep` (None: keep all)."""
+    import shutil
+
+    folder = out / f"{CHECKPOINT_PREFIX}{step}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    if keep:
+        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
+        for old in done[:-keep]:
+            shutil.rmtree(old)
+
+
 def truncate_log(path: Path, step: int) -> None:
     """Logs past the checkpoint belong to steps the resumed run does again: keep one line per step."""
     if not path.is_file():
