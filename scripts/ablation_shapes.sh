@@ -1,33 +1,35 @@
 #!/usr/bin/env bash
 # The published ablation on shapes (docs/results.md), after the recipe (scripts/train_shapes.sh, run first
 # by this script when its stages are not done):
-#   untrained | SFT only | RL only (from the untrained model) | SFT + RL | SFT + RL without the final reward
+#   untrained | grounded (before SFT) | SFT only | RL only (from the grounded model) | SFT + RL |
+#   SFT + RL without the final reward
 # each on 500 `test` and 500 `test-novel` scenes; the SFT + RL agent at 1, 2, 4 and 8 turns; the oracle
 # expert (8 turns) and box-only (ground-truth boxes, then submit) for scale; SFT + RL for more training
-# seeds (SEEDS="1 2"); then docs/results.md's tables and plot (scripts/shapes_results.py).
+# seeds (SEEDS="1"); then docs/results.md's tables and plot (scripts/shapes_results.py).
 #
-#   bash scripts/ablation_shapes.sh [OUT=runs/recipe] [--device cuda]
+#   bash scripts/ablation_shapes.sh [OUT=runs/recipe-g] [--device cuda]
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume.
-# RL only runs RL_ONLY_STEPS steps (default 5): the untrained model writes no parseable call, so every
-# group's rewards are equal and GRPO has nothing to learn from (its log's groups_skipped shows it).
+# About 3 h of one thread after the recipe (each RL run ~30 min, each 8-turn evaluation ~5 min).
+# "RL only" starts from the grounded model, the one SFT starts from: the untrained model writes no
+# parseable call, so every group's rewards would be equal and GRPO would have nothing to learn from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/recipe}
+OUT=${1:-runs/recipe-g}
 shift $(( $# < 1 ? $# : 1 ))
-RS=.venv/bin/rsagent
+export RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-EVAL_N=${EVAL_N:-500}
-SEEDS=${SEEDS:-"1 2"}
-RL_ONLY_STEPS=${RL_ONLY_STEPS:-5}
+export EVAL_N=${EVAL_N:-500}
+SEEDS=${SEEDS:-"1"}
+RL="--config configs/rl_shapes_cpu.yaml --exclude-kinds"
 
-EVAL_N=$EVAL_N bash scripts/train_shapes.sh "$OUT" 0 "$@"
+bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
-train "$OUT/rl-only" 0 rl --config configs/rl_shapes_cpu.yaml --model "$OUT/base" --max-steps "$RL_ONLY_STEPS" "$@"
-train "$OUT/rl-nofinal" 0 rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" --reward-final 0 "$@"
-for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"; done
+train "$OUT/rl-only" 0 rl $RL --model "$OUT/ground-mix" "$@"
+train "$OUT/rl-nofinal" 0 rl $RL --model "$OUT/sft" --reward-final 0 "$@"
+for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl $RL --model "$OUT/sft" "$@"; done
 
 for split in test test-novel; do
     for stage in rl-only rl-nofinal $(for s in $SEEDS; do echo rl-s$s; done); do
@@ -44,5 +46,5 @@ done
 for turns in 1 2 4; do
     evaluate --policy qwen --model "$OUT/rl" --max-turns "$turns" -- test "$OUT/eval/rl-test-turns$turns"
 done
-.venv/bin/python scripts/shapes_results.py "$OUT" --out docs/results.md
+.venv/bin/python scripts/shapes_results.py "$OUT" --out docs/results.md --notes docs/results-notes.md
 say "ablation done: docs/results.md"

@@ -19,7 +19,8 @@ from rsagent.eval.metrics import bootstrap_ci, get_protocol
 from rsagent.eval.results import read_results
 
 SPLITS = ("test", "test-novel")
-ARMS = (("untrained", "base"), ("SFT only", "sft"), ("RL only (from untrained)", "rl-only"),
+ARMS = (("untrained", "base"), ("grounded, before SFT", "ground-mix"), ("SFT only", "sft"),
+        ("RL only (from the grounded model)", "rl-only"),
         ("SFT + RL", "rl"), ("SFT + RL, no final reward", "rl-nofinal"))
 BOX_ONLY = "box-only (GT box per part, then submit)"
 BLIND = "query-blind box (one box for every query, then submit)"
@@ -117,7 +118,8 @@ def build(out: Path) -> tuple[str, dict]:
     data["blind"] = {split: (box[split] or {}).get(BLIND, {}).get("all") for split in SPLITS}
     data["blind_box"] = blind_box
 
-    comparisons = [("SFT only - untrained", "base", "sft"), ("RL only - untrained", "base", "rl-only"),
+    comparisons = [("SFT only - untrained", "base", "sft"), ("grounded - untrained", "base", "ground-mix"),
+                   ("SFT only - grounded", "ground-mix", "sft"), ("RL only - grounded", "ground-mix", "rl-only"),
                    ("SFT + RL - SFT only", "sft", "rl")]
     comparisons += [(f"SFT + RL (seed {name[4:]}) - SFT only", "sft", name) for name in seeds(out)[1:]]
     comparisons += [("SFT + RL - SFT + RL without the final reward", "rl-nofinal", "rl")]

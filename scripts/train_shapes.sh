@@ -1,44 +1,47 @@
 #!/usr/bin/env bash
 # The whole recipe on the shapes domain, from random weights, on one CPU (docs/results.md):
-#   1. base    rsagent shapes model --vision-steps 600        random tiny Qwen2.5-VL, vision tower pretrained (~5 min)
-#   2. synth   rsagent synth --dataset shapes --split train:5000 --mistake-loss   expert trajectories (~6 min)
-#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml   cold-start SFT (~50 min)
-#   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml     GRPO on whole episodes (~32 min)
-#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, SFT and SFT + RL (~25 min: the untrained model writes 8 turns of noise)
+#   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained,
+#              ~5 min), then three `rsagent train ground` stages that teach it to box the queried shape in
+#              the episode's words (~110 min): the stand-in for a pretrained VLM's grounding
+#   2. synth   rsagent synth --dataset shapes --split train:5000     expert trajectories (~10 min)
+#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3   cold-start SFT (~60 min)
+#   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
+#              episodes, every query kind (~20 min with two threads)
+#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, the grounded model,
+#              SFT and SFT + RL (~40 min: the untrained model writes 8 turns of noise)
 #
-#   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
+#   bash scripts/train_shapes.sh [OUT=runs/recipe-g] [SEED=0] [--device cuda]
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
-# script can be run again after a session ends (about 2 h of one thread in all; rerun from nothing on 2026-11-27 it reproduced every stage byte for byte). Extra flags go to
-# the two training commands (for example --device cuda on a GPU machine).
+# script can be run again after a session ends (about 3.5 h of one thread in all; the two cores can run
+# `synth` beside the grounding stages). SEED seeds SFT and RL; the grounding stages are the one
+# "pretrained" model every seed starts from. Extra flags go to the training commands (for example
+# --device cuda on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/recipe}
+OUT=${1:-runs/recipe-g}
 SEED=${2:-0}
 shift $(( $# < 2 ? $# : 2 ))
-RS=.venv/bin/rsagent
+export RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 EVAL_N=${EVAL_N:-500}
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
-if [ ! -f "$OUT/base/model.safetensors" ]; then
-    say "base model -> $OUT/base"
-    rm -rf "$OUT/base"
-    $RS shapes model --out "$OUT/base" --vision-steps 600 --seed "$SEED"
-fi
+bash scripts/shapes_grounding.sh "$OUT" "$@"
 if [ ! -f "$OUT/synth/sft.jsonl" ]; then
     resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
     say "synthesize -> $OUT/synth $resume"
-    # --mistake-loss: the export the shipped agent was trained on (deliberate mistakes as targets too); without
-    # it the wrong openings are context only, which did not yet do better across SFT seeds (docs/training.md)
-    $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume \
-        --mistake-loss
+    # the expert's deliberately wrong openings stay in the context without loss (docs/training.md)
+    $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
 fi
-train "$OUT/sft" "$SEED" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/base" "$@"
-train "$OUT/rl" "$SEED" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" "$@"
+train "$OUT/sft" "$SEED" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/ground-mix" \
+    --lr 1e-3 "$@"
+# --exclude-kinds alone keeps every query kind, absent ones too (the config leaves those out, for SFT models
+# that had not learnt them; docs/training.md)
+train "$OUT/rl" "$SEED" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" --exclude-kinds "$@"
 for split in test test-novel; do
-    for stage in base sft rl; do
+    for stage in base ground-mix sft rl; do
         evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
     done
 done
