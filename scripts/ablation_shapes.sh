@@ -11,8 +11,10 @@
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume.
 # About 3 h of one thread after the recipe (each RL run ~30 min, each 8-turn evaluation ~5 min).
-# "RL only" starts from the grounded model, the one SFT starts from: the untrained model writes no
-# parseable call, so every group's rewards would be equal and GRPO would have nothing to learn from.
+# "RL only" starts from the grounded model, the one SFT starts from (the untrained model writes no
+# parseable call, so every group's rewards would be equal and GRPO would have nothing to learn from). It
+# runs RL_ONLY_STEPS steps (default 10): that model never submits, so each episode plays all 8 turns and a
+# step takes about 4 minutes on one thread, six times an SFT model's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe-g}
@@ -21,13 +23,14 @@ export RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export EVAL_N=${EVAL_N:-500}
 SEEDS=${SEEDS:-"1"}
+RL_ONLY_STEPS=${RL_ONLY_STEPS:-10}
 RL="--config configs/rl_shapes_cpu.yaml --exclude-kinds"
 
 bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
-train "$OUT/rl-only" 0 rl $RL --model "$OUT/ground-mix" "$@"
+train "$OUT/rl-only" 0 rl $RL --model "$OUT/ground-mix" --max-steps "$RL_ONLY_STEPS" "$@"
 train "$OUT/rl-nofinal" 0 rl $RL --model "$OUT/sft" --reward-final 0 "$@"
 for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl $RL --model "$OUT/sft" "$@"; done
 

@@ -120,7 +120,7 @@ def build(out: Path) -> tuple[str, dict]:
 
     comparisons = [("SFT only - untrained", "base", "sft"), ("grounded - untrained", "base", "ground-mix"),
                    ("SFT only - grounded", "ground-mix", "sft"), ("RL only - grounded", "ground-mix", "rl-only"),
-                   ("SFT + RL - SFT only", "sft", "rl")]
+                   ("SFT + RL - SFT only", "sft", "rl"), ("SFT + RL - grounded", "ground-mix", "rl")]
     comparisons += [(f"SFT + RL (seed {name[4:]}) - SFT only", "sft", name) for name in seeds(out)[1:]]
     comparisons += [("SFT + RL - SFT + RL without the final reward", "rl-nofinal", "rl")]
     lines += ["## Does each stage help? Paired differences", "",

@@ -38,6 +38,9 @@ def test_results_page_from_real_eval_folders(tmp_path):
     assert f"| SFT only | {sft['gIoU']:.3f} [" in text
     assert f"| SFT + RL | {rl['gIoU']:.3f} [" in text
     assert "| untrained | not run | not run | not run | not run |" in text
+    # the grounded model SFT starts from is an arm of its own, and "SFT only - grounded" waits for it
+    assert "| grounded, before SFT | not run | not run | not run | not run |" in text
+    assert data["paired"]["SFT only - grounded"] == {"test": None, "test-novel": None}
     expected = compare_runs(evals / "sft-test", evals / "rl-test")
     assert data["paired"]["SFT + RL - SFT only"]["test"]["gIoU"] == expected["gIoU"]
     assert f"{expected['gIoU']['diff']:+.3f}" in text
