@@ -10,7 +10,8 @@
 #   bash scripts/ablation_shapes.sh [OUT=runs/recipe-g] [--device cuda]
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume.
-# About 3 h of one thread after the recipe (each RL run ~30 min, each 8-turn evaluation ~5 min).
+# About 2.5 h of one thread after the recipe, measured beside another job: each 30-step RL run ~40 min,
+# RL only ~45 min, each evaluation of an RL model 2-3 min (RL only: 13, it plays all 8 turns).
 # "RL only" starts from the grounded model, the one SFT starts from (the untrained model writes no
 # parseable call, so every group's rewards would be equal and GRPO would have nothing to learn from). It
 # runs RL_ONLY_STEPS steps (default 10): that model never submits, so each episode plays all 8 turns and a
@@ -24,15 +25,14 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export EVAL_N=${EVAL_N:-500}
 SEEDS=${SEEDS:-"1"}
 RL_ONLY_STEPS=${RL_ONLY_STEPS:-10}
-RL="--config configs/rl_shapes_cpu.yaml --exclude-kinds"
 
 bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
-train "$OUT/rl-only" 0 rl $RL --model "$OUT/ground-mix" --max-steps "$RL_ONLY_STEPS" "$@"
-train "$OUT/rl-nofinal" 0 rl $RL --model "$OUT/sft" --reward-final 0 "$@"
-for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl $RL --model "$OUT/sft" "$@"; done
+train "$OUT/rl-only" 0 rl "${RL_ARGS[@]}" --model "$OUT/ground-mix" --max-steps "$RL_ONLY_STEPS" "$@"
+train "$OUT/rl-nofinal" 0 rl "${RL_ARGS[@]}" --model "$OUT/sft" --reward-final 0 "$@"
+for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"; done
 
 for split in test test-novel; do
     for stage in rl-only rl-nofinal $(for s in $SEEDS; do echo rl-s$s; done); do

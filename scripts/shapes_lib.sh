@@ -1,6 +1,11 @@
 # Shell helpers shared by scripts/train_shapes.sh and scripts/ablation_shapes.sh (sourced, not run).
 # They expect RS (the rsagent command) and EVAL_N (scenes per split) to be set.
 
+# The recipe's RL arguments, shared by its SFT + RL run and the ablation's RL arms so they cannot drift apart:
+# --exclude-kinds alone keeps every query kind, absent ones too (the config leaves those out, for SFT models
+# that had not learnt them; docs/training.md)
+RL_ARGS=(--config configs/rl_shapes_cpu.yaml --exclude-kinds)
+
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 
 # train DIR SEED KIND rsagent-train-args...: resume from the newest checkpoint, or start over when there is none

@@ -8,7 +8,8 @@
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
 #              episodes, every query kind (~20 min with two threads)
 #   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, the grounded model,
-#              SFT and SFT + RL (~40 min: the untrained model writes 8 turns of noise)
+#              SFT and SFT + RL (~75 min beside another job: 2-3 min a split for SFT and RL, 13 for the
+#              grounded model and 20 for the untrained one, which play all 8 turns)
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe-g] [SEED=0] [--device cuda]
 #
@@ -37,9 +38,7 @@ if [ ! -f "$OUT/synth/sft.jsonl" ]; then
 fi
 train "$OUT/sft" "$SEED" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/ground-mix" \
     --lr 1e-3 "$@"
-# --exclude-kinds alone keeps every query kind, absent ones too (the config leaves those out, for SFT models
-# that had not learnt them; docs/training.md)
-train "$OUT/rl" "$SEED" rl --config configs/rl_shapes_cpu.yaml --model "$OUT/sft" --exclude-kinds "$@"
+train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
 for split in test test-novel; do
     for stage in base ground-mix sft rl; do
         evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
