@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # The published ablation on shapes (docs/results.md), after the recipe (scripts/train_shapes.sh, run first
 # by this script when its stages are not done):
-#   untrained | grounded (before SFT) | SFT only | RL only (from the grounded model) | SFT + RL |
-#   SFT + RL without the final reward
+#   untrained | grounded (before SFT) | SFT only | RL only (from the untrained model) |
+#   RL only (from the grounded model) | SFT + RL | SFT + RL without the final reward
 # each on 500 `test` and 500 `test-novel` scenes; the SFT + RL agent at 1, 2, 4 and 8 turns; the oracle
 # expert (8 turns) and box-only (ground-truth boxes, then submit) for scale; SFT + RL for more training
-# seeds (SEEDS="1"); then docs/results.md's tables and plot (scripts/shapes_results.py).
+# seeds (SEEDS="1": SFT and RL each with that seed); then docs/results.md's tables and plot (scripts/shapes_results.py).
 #
 #   bash scripts/ablation_shapes.sh [OUT=runs/recipe-g] [--device cuda]
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume.
-# About 2.5 h of one thread after the recipe, measured beside another job: each 30-step RL run ~40 min,
-# RL only ~45 min, each evaluation of an RL model 2-3 min (RL only: 13, it plays all 8 turns).
-# "RL only" starts from the grounded model, the one SFT starts from (the untrained model writes no
-# parseable call, so every group's rewards would be equal and GRPO would have nothing to learn from). It
-# runs RL_ONLY_STEPS steps (default 10): that model never submits, so each episode plays all 8 turns and a
-# step takes about 4 minutes on one thread, six times an SFT model's.
+# About 4.5 h of one thread after the recipe, measured beside other jobs: each 30-step RL run ~40 min,
+# RL only ~45 min, RL from the untrained model ~18 min, the SFT seed 60-100 min, each evaluation of an SFT or
+# RL model 2-3 min (RL only: 13, it plays all 8 turns; the untrained model's: 20-28).
+# "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
+# (default 3): that model writes no parseable call, so every group's rewards are equal and GRPO has nothing
+# to learn from (its log says so: episodes_trained 0); its evaluations take ~20 min a split. "RL only" from
+# the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 10): that model never
+# submits, so each episode plays all 8 turns and a step takes about 4 minutes on one thread, six times an
+# SFT model's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe-g}
@@ -25,17 +28,23 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export EVAL_N=${EVAL_N:-500}
 SEEDS=${SEEDS:-"1"}
 RL_ONLY_STEPS=${RL_ONLY_STEPS:-10}
+RL_UNTRAINED_STEPS=${RL_UNTRAINED_STEPS:-3}
 
 bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
+train "$OUT/rl-untrained" 0 rl "${RL_ARGS[@]}" --model "$OUT/base" --max-steps "$RL_UNTRAINED_STEPS" "$@"
 train "$OUT/rl-only" 0 rl "${RL_ARGS[@]}" --model "$OUT/ground-mix" --max-steps "$RL_ONLY_STEPS" "$@"
 train "$OUT/rl-nofinal" 0 rl "${RL_ARGS[@]}" --model "$OUT/sft" --reward-final 0 "$@"
-for seed in $SEEDS; do train "$OUT/rl-s$seed" "$seed" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"; done
+# more seeds, one stage at a time: SFT seed K from the grounded model, RL seed K from the seed-0 SFT model
+for seed in $SEEDS; do
+    train "$OUT/sft-s$seed" "$seed" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
+    train "$OUT/rl-s$seed" "$seed" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
+done
 
 for split in test test-novel; do
-    for stage in rl-only rl-nofinal $(for s in $SEEDS; do echo rl-s$s; done); do
+    for stage in rl-untrained rl-only rl-nofinal $(for s in $SEEDS; do echo sft-s$s rl-s$s; done); do
         evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
     done
     evaluate --policy oracle --max-turns 8 -- "$split" "$OUT/eval/oracle-$split"

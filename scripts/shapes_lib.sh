@@ -5,6 +5,8 @@
 # --exclude-kinds alone keeps every query kind, absent ones too (the config leaves those out, for SFT models
 # that had not learnt them; docs/training.md)
 RL_ARGS=(--config configs/rl_shapes_cpu.yaml --exclude-kinds)
+# and its SFT's (the data and the starting model are the caller's: OUT/synth, OUT/ground-mix)
+SFT_ARGS=(--config configs/sft_shapes_cpu.yaml --lr 1e-3)
 
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 

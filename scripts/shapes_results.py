@@ -20,7 +20,7 @@ from rsagent.eval.results import read_results
 
 SPLITS = ("test", "test-novel")
 ARMS = (("untrained", "base"), ("grounded, before SFT", "ground-mix"), ("SFT only", "sft"),
-        ("RL only (from the grounded model)", "rl-only"),
+        ("RL only (from the untrained model)", "rl-untrained"), ("RL only (from the grounded model)", "rl-only"),
         ("SFT + RL", "rl"), ("SFT + RL, no final reward", "rl-nofinal"))
 BOX_ONLY = "box-only (GT box per part, then submit)"
 BLIND = "query-blind box (one box for every query, then submit)"
@@ -55,9 +55,15 @@ def paired(evals: Path, a: str, b: str, split: str) -> dict | None:
     return compare_runs(fa, fb)
 
 
-def seeds(out: Path) -> list[str]:
-    """SFT + RL runs: `rl` (seed 0) and any `rl-sK` the ablation trained."""
-    return ["rl"] + sorted(p.name for p in out.glob("rl-s[0-9]*") if p.is_dir())
+def seeds(out: Path, stage: str = "rl") -> list[str]:
+    """A stage's runs: `rl` or `sft` (seed 0) and any `rl-sK` / `sft-sK` the ablation trained."""
+    return [stage] + sorted(p.name for p in out.glob(f"{stage}-s[0-9]*") if p.is_dir())
+
+
+def seed_rows(out: Path) -> list[tuple[str, str]]:
+    """(label, run) for the extra training seeds: SFT seeds from the grounded model, RL seeds from `sft`."""
+    return ([(f"SFT only, seed {name[5:]}", name) for name in seeds(out, "sft")[1:]]
+            + [(f"SFT + RL, seed {name[4:]}", name) for name in seeds(out)[1:]])
 
 
 def oracle_bench(evals: Path, split: str) -> dict | None:
@@ -89,7 +95,8 @@ def build(out: Path) -> tuple[str, dict]:
     lines += ["## The ablation", "",
               f"| agent | test gIoU (n={n['test']}) | test cIoU | test-novel gIoU (n={n['test-novel']}) | "
               "test-novel cIoU |", "| --- | --- | --- | --- | --- |"]
-    rows = list(ARMS) + [(f"SFT + RL, seed {name[4:]}", name) for name in seeds(out)[1:]]
+    rows = list(ARMS) + seed_rows(out)
+    data["labels"] = dict((name, label) for label, name in rows)
     for label, name in rows:
         s = {split: summary(evals / f"{name}-{split}") for split in SPLITS}
         data["arms"][name] = {split: None if v is None else {k: v[k] for k in ("n", "gIoU", "cIoU", "ci95")}
@@ -119,8 +126,11 @@ def build(out: Path) -> tuple[str, dict]:
     data["blind_box"] = blind_box
 
     comparisons = [("SFT only - untrained", "base", "sft"), ("grounded - untrained", "base", "ground-mix"),
-                   ("SFT only - grounded", "ground-mix", "sft"), ("RL only - grounded", "ground-mix", "rl-only"),
+                   ("SFT only - grounded", "ground-mix", "sft"),
+                   ("RL only from the untrained model - untrained", "base", "rl-untrained"),
+                   ("RL only - grounded", "ground-mix", "rl-only"),
                    ("SFT + RL - SFT only", "sft", "rl"), ("SFT + RL - grounded", "ground-mix", "rl")]
+    comparisons += [(f"SFT only (seed {name[5:]}) - untrained", "base", name) for name in seeds(out, "sft")[1:]]
     comparisons += [(f"SFT + RL (seed {name[4:]}) - SFT only", "sft", name) for name in seeds(out)[1:]]
     comparisons += [("SFT + RL - SFT + RL without the final reward", "rl-nofinal", "rl")]
     lines += ["## Does each stage help? Paired differences", "",
@@ -157,7 +167,7 @@ def plot(data: dict, path: Path) -> None:
 
     fig, (bars, turns) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     names = [name for name, v in data["arms"].items() if any(v.values())]
-    labels = dict((name, label) for label, name in ARMS)
+    labels = data["labels"]
     width = 0.38
     for i, split in enumerate(SPLITS):
         xs, ys, errs = [], [], [[], []]
@@ -177,7 +187,7 @@ def plot(data: dict, path: Path) -> None:
             bars.axhline(data["oracle"][split]["gIoU"], ls="--", lw=1, color=f"C{i}", alpha=0.6)
         if (data.get("blind") or {}).get(split):
             bars.axhline(data["blind"][split]["mean"], ls=":", lw=1, color=f"C{i}", alpha=0.8)
-    bars.set_xticks(range(len(names)), [labels.get(n, f"SFT + RL s{n[4:]}") for n in names], rotation=20,
+    bars.set_xticks(range(len(names)), [labels[n] for n in names], rotation=20,
                     ha="right", fontsize=8)
     bars.set(ylabel="gIoU (95% interval)", ylim=(0, 1), title="ablation (dashed: oracle expert; dotted: one query-blind box)")
     bars.legend(fontsize=8)

@@ -36,8 +36,7 @@ if [ ! -f "$OUT/synth/sft.jsonl" ]; then
     # the expert's deliberately wrong openings stay in the context without loss (docs/training.md)
     $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
 fi
-train "$OUT/sft" "$SEED" sft --config configs/sft_shapes_cpu.yaml --data "$OUT/synth" --model "$OUT/ground-mix" \
-    --lr 1e-3 "$@"
+train "$OUT/sft" "$SEED" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
 train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
 for split in test test-novel; do
     for stage in base ground-mix sft rl; do

@@ -30,6 +30,7 @@ def test_results_page_from_real_eval_folders(tmp_path):
     for name, turns in (("sft", 1), ("rl", 8)):
         assert main(["eval", "--dataset", "shapes", "--root", str(root), "--split", "test:6", "--policy", "oracle",
                      "--max-turns", str(turns), "--out", str(evals / f"{name}-test"), "--no-progress"]) == 0
+    (tmp_path / "recipe" / "sft-s1").mkdir()  # a second SFT seed trained, not yet evaluated
     results = _load_script()
     text, data = results.build(tmp_path / "recipe")
     sft = json.loads((evals / "sft-test" / "summary.json").read_text())
@@ -41,6 +42,9 @@ def test_results_page_from_real_eval_folders(tmp_path):
     # the grounded model SFT starts from is an arm of its own, and "SFT only - grounded" waits for it
     assert "| grounded, before SFT | not run | not run | not run | not run |" in text
     assert data["paired"]["SFT only - grounded"] == {"test": None, "test-novel": None}
+    assert "| RL only (from the untrained model) | not run | not run | not run | not run |" in text
+    assert "| SFT only, seed 1 | not run | not run | not run | not run |" in text
+    assert data["paired"]["SFT only (seed 1) - untrained"] == {"test": None, "test-novel": None}
     expected = compare_runs(evals / "sft-test", evals / "rl-test")
     assert data["paired"]["SFT + RL - SFT only"]["test"]["gIoU"] == expected["gIoU"]
     assert f"{expected['gIoU']['diff']:+.3f}" in text
