@@ -15,7 +15,7 @@
 # RL model 2-3 min (RL only: 13, it plays all 8 turns; the untrained model's: 20-28).
 # "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
 # (default 3): that model writes no parseable call, so every group's rewards are equal and GRPO has nothing
-# to learn from (its log says so: episodes_trained 0); its evaluations take ~20 min a split. "RL only" from
+# to learn from (its log says so: episodes_trained 0). "RL only" from
 # the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 10): that model never
 # submits, so each episode plays all 8 turns and a step takes about 4 minutes on one thread, six times an
 # SFT model's.

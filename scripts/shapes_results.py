@@ -55,15 +55,10 @@ def paired(evals: Path, a: str, b: str, split: str) -> dict | None:
     return compare_runs(fa, fb)
 
 
-def seeds(out: Path, stage: str = "rl") -> list[str]:
-    """A stage's runs: `rl` or `sft` (seed 0) and any `rl-sK` / `sft-sK` the ablation trained."""
-    return [stage] + sorted(p.name for p in out.glob(f"{stage}-s[0-9]*") if p.is_dir())
-
-
-def seed_rows(out: Path) -> list[tuple[str, str]]:
-    """(label, run) for the extra training seeds: SFT seeds from the grounded model, RL seeds from `sft`."""
-    return ([(f"SFT only, seed {name[5:]}", name) for name in seeds(out, "sft")[1:]]
-            + [(f"SFT + RL, seed {name[4:]}", name) for name in seeds(out)[1:]])
+def extra_seeds(out: Path, stage: str) -> list[tuple[str, str]]:
+    """(K, run) for each `STAGE-sK` run the ablation trained beside the seed-0 `STAGE` (`sft` or `rl`)."""
+    runs = sorted(p.name for p in out.glob(f"{stage}-s[0-9]*") if p.is_dir())
+    return [(name[len(stage) + 2:], name) for name in runs]
 
 
 def oracle_bench(evals: Path, split: str) -> dict | None:
@@ -95,7 +90,9 @@ def build(out: Path) -> tuple[str, dict]:
     lines += ["## The ablation", "",
               f"| agent | test gIoU (n={n['test']}) | test cIoU | test-novel gIoU (n={n['test-novel']}) | "
               "test-novel cIoU |", "| --- | --- | --- | --- | --- |"]
-    rows = list(ARMS) + seed_rows(out)
+    # the extra seeds: SFT seeds from the grounded model, RL seeds from the seed-0 SFT model
+    rows = (list(ARMS) + [(f"SFT only, seed {k}", name) for k, name in extra_seeds(out, "sft")]
+            + [(f"SFT + RL, seed {k}", name) for k, name in extra_seeds(out, "rl")])
     data["labels"] = dict((name, label) for label, name in rows)
     for label, name in rows:
         s = {split: summary(evals / f"{name}-{split}") for split in SPLITS}
@@ -130,8 +127,8 @@ def build(out: Path) -> tuple[str, dict]:
                    ("RL only from the untrained model - untrained", "base", "rl-untrained"),
                    ("RL only - grounded", "ground-mix", "rl-only"),
                    ("SFT + RL - SFT only", "sft", "rl"), ("SFT + RL - grounded", "ground-mix", "rl")]
-    comparisons += [(f"SFT only (seed {name[5:]}) - untrained", "base", name) for name in seeds(out, "sft")[1:]]
-    comparisons += [(f"SFT + RL (seed {name[4:]}) - SFT only", "sft", name) for name in seeds(out)[1:]]
+    comparisons += [(f"SFT only (seed {k}) - untrained", "base", name) for k, name in extra_seeds(out, "sft")]
+    comparisons += [(f"SFT + RL (seed {k}) - SFT only", "sft", name) for k, name in extra_seeds(out, "rl")]
     comparisons += [("SFT + RL - SFT + RL without the final reward", "rl-nofinal", "rl")]
     lines += ["## Does each stage help? Paired differences", "",
               "| difference | test gIoU | test cIoU | test-novel gIoU | test-novel cIoU |", "| --- | --- | --- | --- | --- |"]
