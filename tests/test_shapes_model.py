@@ -169,3 +169,19 @@ def test_a_model_of_one_patch_per_token_trains_its_vision_and_runs_an_episode(tm
     code = main(["segment", str(split / rec["image"]), rec["query"], "--policy", "qwen", "--model", str(folder),
                  "--max-pixels", "12544", "--max-turns", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "run")])
     assert code == 0 and "turns=1" in capsys.readouterr().out
+
+
+def test_the_language_model_s_depth_is_a_choice(tmp_path, capsys):
+    """`rsagent shapes model --text-layers N`: N decoder layers, the vision tower and tokenizer unchanged."""
+    import torch
+
+    from rsagent.shapes_model import build_shapes_model, corpus
+
+    texts = corpus(n_samples=20, n_episodes=1)
+    deep, _ = build_shapes_model(seed=0, texts=texts, text_layers=6)
+    base, _ = build_shapes_model(seed=0, texts=texts)
+    assert deep.config.text_config.num_hidden_layers == 6 == len(deep.model.language_model.layers)
+    assert len(base.model.language_model.layers) == 4
+    assert all(torch.equal(p, q) for p, q in zip(deep.model.visual.parameters(), base.model.visual.parameters()))
+    assert main(["shapes", "model", "--out", str(tmp_path / "m"), "--text-layers", "0"]) == 2
+    assert "--text-layers must be at least 1" in capsys.readouterr().err

@@ -136,3 +136,39 @@ def test_the_cli_runs_the_shipped_config_with_overrides(small_shapes_model, tmp_
         "episode", "blocks", 4, 2, 2e-3)
     assert [row["step"] for row in _log(out)] == [1, 2] and (out / "checkpoint-2").is_dir()
     assert (out / "model.safetensors").is_file()
+
+
+def test_the_inventory_answer_lists_every_shape_in_reading_order_then_boxes_the_target(small_shapes_model, tmp_path):
+    """`--answer inventory`: the scene's shapes with their boxes, then the bare call; the loss covers all of it."""
+    from rsagent.core.frames import SmartResizeFrame
+    from rsagent.train.ground_data import answer, batch_inputs, inventory, scene_items
+
+    items = scene_items("train", 3, 8, 112)
+    item = items[0]
+    text = inventory(item)
+    listed, call = text.split(".\n", 1)
+    entries = listed.removeprefix("Shapes: ").split("; ")
+    assert len(entries) == len(item["boxes"]) >= 2 and call == answer(item["boxes"][item["target"]])
+    for i, box in enumerate(item["boxes"]):  # every shape once, with its words and its box
+        line = f"{item['sizes'][i]} {item['colours'][i]} {item['kinds'][i]} [{', '.join(map(str, box))}]"
+        assert entries.count(line) == 1
+    boxes = [[int(v) for v in e.split(" [")[1].rstrip("]").split(", ")] for e in entries]
+    keys = [((b[1] + b[3]) // 2 // 28, (b[0] + b[2]) / 2) for b in boxes]
+    assert keys == sorted(keys)  # reading order: the row of visual tokens holding the centre, then left to right
+    # the held-out check scores a written list against the scene: the true one is right throughout
+    from rsagent.train.ground_eval import _inventory_check
+
+    listed_line = listed.removeprefix("Shapes: ")
+    assert _inventory_check(listed_line, item) == {"shapes": len(entries), "count_right": 1, "found": len(entries),
+                                                   "colour": len(entries), "kind": len(entries), "size": len(entries)}
+    wrong = _inventory_check(listed_line.split("; ", 1)[1], item)  # the first shape left out
+    assert wrong["count_right"] == 0 and wrong["found"] == len(entries) - 1 == wrong["colour"]
+    processor = small_shapes_model[2]
+    inputs = batch_inputs(processor, [{**item, "answer": text}], SmartResizeFrame(), with_answer=True)
+    labelled = inputs["labels"][0][inputs["labels"][0] != -100]
+    assert processor.tokenizer.decode(labelled) == text + "<|im_end|>"
+    result = _run(tmp_path, "inv", small_shapes_model[0], steps=2, answer="inventory")
+    _run(tmp_path, "call", small_shapes_model[0], steps=2, answer="call")  # the same scenes, the bare call
+    assert result["steps"] == 2
+    # the list is in the trained sequence: a shape's entry is 10 tokens or more
+    assert all(a["tokens"] >= b["tokens"] + 10 for a, b in zip(_log(tmp_path / "inv"), _log(tmp_path / "call")))

@@ -182,6 +182,8 @@ def _add_shapes_parser(sub) -> None:
     model.add_argument("--merge", type=int, choices=(1, 2), default=2,
                        help="patches a side merged into one visual token: 2 (Qwen2.5-VL's; a 112 px scene is 16 "
                             "tokens) or 1 (64 tokens of 14 px)")
+    model.add_argument("--text-layers", type=int, default=4, metavar="N",
+                       help="decoder layers of the language model (default 4)")
     model.add_argument("--rescale-visual", action="store_true",
                        help="after vision pretraining, shrink the visual tokens to the length of word embeddings")
 
@@ -255,9 +257,10 @@ def _add_ground_parser(stages) -> None:
     group.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default 1)")
     group.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     group = gr.add_argument_group("what is trained on")
-    group.add_argument("--answer", default=None, choices=("call", "episode"),
+    group.add_argument("--answer", default=None, choices=("call", "episode", "inventory"),
                        help="call: the bare segment call after the user turn; episode: a real episode's first prompt "
-                            "answered with the oracle's first turn (default call)")
+                            "answered with the oracle's first turn; inventory: every shape of the scene listed with "
+                            "its box, then the bare call (default call)")
     group.add_argument("--queries", default=None, choices=("attribute", "mix"),
                        help="attribute: every single-target attribute query of each scene; mix: the shapes dataset's "
                             "own train samples (needs --answer episode --curriculum 0,0; default attribute)")
@@ -372,8 +375,10 @@ def _shapes(args: argparse.Namespace) -> int:
             raise RsagentError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
         if args.rescale_visual and args.vision_steps == 0:
             raise RsagentError("--rescale-visual applies after vision pretraining: give --vision-steps N")
+        if args.text_layers < 1:
+            raise RsagentError(f"--text-layers must be at least 1, got {args.text_layers}")
         info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual,
-                                 merge=args.merge)
+                                 merge=args.merge, text_layers=args.text_layers)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

@@ -116,9 +116,9 @@ def prompt_blocks() -> tuple[str, ...]:
     return rules, "# Tools" + tools
 
 
-def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2):
-    """Qwen2.5-VL at CPU size: 4 text layers of width 128 (heads of 32), a 4-block vision tower of width 128;
-    `merge` patches a side make one visual token (Qwen's 2, or 1: a 112 px scene as 64 tokens, not 16)."""
+def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2, text_layers: int = 4):
+    """Qwen2.5-VL at CPU size: `text_layers` (4) text layers of width 128 (heads of 32), a 4-block vision tower
+    of width 128; `merge` patches a side make one visual token (Qwen's 2, or 1: a 112 px scene as 64 tokens)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
@@ -126,7 +126,7 @@ def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2):
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     vocab = len(tokenizer)
     return Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        text_config=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=text_layers, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=4096,
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [4, 6, 6]},
                          tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id,
@@ -137,7 +137,7 @@ def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2):
         **ids)
 
 
-def build_shapes_model(seed: int = 0, texts: list[str] | None = None, merge: int = 2):
+def build_shapes_model(seed: int = 0, texts: list[str] | None = None, merge: int = 2, text_layers: int = 4):
     """(model, processor): random weights, the domain tokenizer, the project's chat template."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -149,7 +149,8 @@ def build_shapes_model(seed: int = 0, texts: list[str] | None = None, merge: int
         raise RsagentError(f"merge must be 1 or 2 patches a side, got {merge}")
     tokenizer = train_tokenizer(texts if texts is not None else corpus(seed=seed))
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(shapes_model_config(tokenizer, merge=merge)).eval()
+    model = Qwen2_5_VLForConditionalGeneration(shapes_model_config(tokenizer, merge=merge,
+                                                                   text_layers=text_layers)).eval()
     _number_embeddings(model, tokenizer)
     processor = make_processor(tokenizer, Qwen2VLImageProcessorPil(merge_size=merge), max_pixels=MAX_PIXELS)
     return model, processor
@@ -173,7 +174,7 @@ def _number_embeddings(model, tokenizer) -> None:
 
 
 def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
-                      rescale: bool = False, progress: bool = True, merge: int = 2) -> dict:
+                      rescale: bool = False, progress: bool = True, merge: int = 2, text_layers: int = 4) -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
     scene graph, `shapes_vision`), tokenizer, image processor and template to `out`; returns its description."""
     out = Path(out)
@@ -181,7 +182,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
         raise RsagentError(f"{out}: the folder is not empty; choose a new --out")
     from rsagent.policies.qwen import save_pixel_limits
 
-    model, processor = build_shapes_model(seed, merge=merge)
+    model, processor = build_shapes_model(seed, merge=merge, text_layers=text_layers)
     vision_log = []
     if vision_steps > 0:
         from rsagent.shapes_vision import pretrain_vision
@@ -193,7 +194,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
     info = describe(model, processor)
     (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,
-                                                       "rescale": rescale, "merge": merge,
+                                                       "rescale": rescale, "merge": merge, "text_layers": text_layers,
                                                        "vision_log": vision_log}, indent=1) + "\n")
     return info
 

@@ -38,7 +38,8 @@ from rsagent.train.callbacks import LOG_FILE
 from rsagent.train.config import CONFIG_FILE, write_config
 from rsagent.train.ground_aux import AttendTarget, MatchHead
 from rsagent.train.ground_config import GROUND_RESUMABLE_CHANGES, GroundConfig
-from rsagent.train.ground_data import ItemQueue, as_episode, batch_inputs, dataset_items, eval_items, scene_items
+from rsagent.train.ground_data import (ItemQueue, as_episode, batch_inputs, dataset_items, eval_items, inventory,
+                                      scene_items)
 from rsagent.train.ground_eval import evaluate
 from rsagent.train.run_dir import CHECKPOINT_PREFIX, freeze_vision, prepare_out, publish_checkpoint, truncate_log
 
@@ -70,6 +71,9 @@ def train_ground(config: GroundConfig, model_dir: str | Path | None = None) -> d
         segmenter = GrabCutSegmenter()  # the episode needs one; a first turn never runs it
         prepare = lambda items: [as_episode(it, frame, segmenter) for it in items]  # noqa: E731
         new_tokens = 160  # the reasoning comes before the call
+    elif config.answer == "inventory":
+        prepare = lambda items: [{**it, "answer": inventory(it, cell)} for it in items]  # noqa: E731
+        new_tokens = 200  # up to 8 listed shapes before the call
     else:
         prepare, new_tokens = (lambda items: items), 40
     build_s = time.perf_counter() - started

@@ -30,6 +30,20 @@ def answer(box) -> str:
     return f"<tool_call>\n{call}\n</tool_call>"
 
 
+def inventory(item: dict, cell: int = 28) -> str:
+    """Every shape of the scene as " <size> <colour> <kind> [x0, y0, x1, y1]", in reading order of the visual token
+    holding its centre (rows of `cell` pixels, then left to right), before the call (`--answer inventory`).
+    Why: listing the scene is dense supervision (every shape's words and box, not one box), and with the
+    list written, picking the queried shape becomes matching words in text and copying a box, not
+    comparing the query with visual tokens."""
+    order = sorted(range(len(item["boxes"])), key=lambda i: (
+        (item["boxes"][i][1] + item["boxes"][i][3]) // 2 // cell, (item["boxes"][i][0] + item["boxes"][i][2]) / 2))
+    lines = [f"{item['sizes'][i]} {item['colours'][i]} {item['kinds'][i]} [{', '.join(str(int(v)) for v in item['boxes'][i])}]"
+             for i in order]
+    # one line, "; " between shapes: every colour word keeps its leading space, the token the query has
+    return "Shapes: " + "; ".join(lines) + ".\n" + answer(item["boxes"][item["target"]])
+
+
 def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: int = 2, cell: int = 28,
                 colour_only: bool = False) -> list[dict]:
     """Every single-target attribute query of one scene: image, query, target id, all shapes' boxes
@@ -46,6 +60,7 @@ def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: 
             program = programs[int(rng.integers(len(programs)))]
             items.append({"image": scene.image, "query": Q.text(program), "target": s.id, "boxes": boxes,
                           "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1],
+                          "kinds": [t.kind for t in scene.shapes], "sizes": [t.size for t in scene.shapes],
                           "cover": token_cover(s.mask, cell), "mask": s.mask,
                           "sample_id": f"{split}-{index}-{s.id}"})
     return items

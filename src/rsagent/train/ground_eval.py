@@ -14,18 +14,21 @@ from rsagent.core.mask import box_iou
 from rsagent.train.ground_data import batch_inputs
 
 _BOX = re.compile(r'"box": \[(\d+), (\d+), (\d+), (\d+)\]')
+_ENTRY = re.compile(r"(\w+) (\w+) (\w+) \[(\d+), (\d+), (\d+), (\d+)\]")  # an inventory's "size colour kind [box]"
 
 
 @torch.inference_mode()
 def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_new_tokens: int = 40) -> dict:
     processor.tokenizer.padding_side = "left"
-    ious, picked, parsed = [], [], 0
+    ious, picked, parsed, listed = [], [], 0, []
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
         inputs = batch_inputs(processor, chunk, frame, with_answer=False).to(model.device)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         for it, t in zip(chunk, texts):
+            if "Shapes: " in t:
+                listed.append(_inventory_check(t.split("Shapes: ", 1)[1].split("\n", 1)[0], it))
             m = _BOX.search(t)
             if m is None:
                 ious.append(0.0)
@@ -44,10 +47,34 @@ def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_ne
         same = [i for i, c in enumerate(it["colours"]) if c == it["colours"][it["target"]]]
         col_iou.append(np.mean([box_iou(it["boxes"][i], it["boxes"][it["target"]]) for i in same]))
         col_pick.append(1 / len(same))
-    return {"n": len(items), "parsed": parsed, "iou": _ci(ious), "picked": _ci(np.asarray(picked, float)),
-            "random_shape": {"iou": float(np.mean(rand_iou)), "picked": float(np.mean(rand_pick))},
-            "colour_only": {"iou": float(np.mean(col_iou)), "picked": float(np.mean(col_pick))},
-            "mean_shapes": float(np.mean([len(it["boxes"]) for it in items]))}
+    result = {"n": len(items), "parsed": parsed, "iou": _ci(ious), "picked": _ci(np.asarray(picked, float)),
+              "random_shape": {"iou": float(np.mean(rand_iou)), "picked": float(np.mean(rand_pick))},
+              "colour_only": {"iou": float(np.mean(col_iou)), "picked": float(np.mean(col_pick))},
+              "mean_shapes": float(np.mean([len(it["boxes"]) for it in items]))}
+    if listed:  # answers that list the scene (`--answer inventory`): how right the lists are
+        total = {k: sum(c[k] for c in listed) for k in listed[0]}
+        found = max(total["found"], 1)
+        result["inventory"] = {"answers": len(listed), "count_right": total["count_right"] / len(listed),
+                               "found": total["found"] / total["shapes"], "colour_right": total["colour"] / found,
+                               "kind_right": total["kind"] / found, "size_right": total["size"] / found}
+    return result
+
+
+def _inventory_check(text: str, item: dict) -> dict:
+    """How one answer's list of shapes compares with the scene, as counts: each true shape matched to the
+    listed entry whose box overlaps it most (found: box IoU 0.5 or more), and of those found, the words right."""
+    entries = [(m.group(1), m.group(2), m.group(3), [int(v) for v in m.groups()[3:]]) for m in _ENTRY.finditer(text)]
+    found = colour = kind = size = 0
+    for i, box in enumerate(item["boxes"]):
+        overlaps = [box_iou(box, e[3]) for e in entries]
+        if overlaps and max(overlaps) >= 0.5:
+            size_w, colour_w, kind_w, _ = entries[int(np.argmax(overlaps))]
+            found += 1
+            colour += colour_w == item["colours"][i]
+            kind += kind_w == item["kinds"][i]
+            size += size_w == item["sizes"][i]
+    return {"shapes": len(item["boxes"]), "count_right": int(len(entries) == len(item["boxes"])), "found": found,
+            "colour": colour, "kind": kind, "size": size}
 
 
 def _ci(values) -> dict:
