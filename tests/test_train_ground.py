@@ -141,7 +141,8 @@ def test_the_cli_runs_the_shipped_config_with_overrides(small_shapes_model, tmp_
 def test_the_inventory_answer_lists_every_shape_in_reading_order_then_boxes_the_target(small_shapes_model, tmp_path):
     """`--answer inventory`: the scene's shapes with their boxes, then the bare call; the loss covers all of it."""
     from rsagent.core.frames import SmartResizeFrame
-    from rsagent.train.ground_data import answer, batch_inputs, inventory, scene_items
+    from rsagent.train.ground_data import answer, batch_inputs, inventory, read_inventory, scene_items
+    from rsagent.train.ground_eval import _inventory_check
 
     items = scene_items("train", 3, 8, 112)
     item = items[0]
@@ -155,13 +156,13 @@ def test_the_inventory_answer_lists_every_shape_in_reading_order_then_boxes_the_
     boxes = [[int(v) for v in e.split(" [")[1].rstrip("]").split(", ")] for e in entries]
     keys = [((b[1] + b[3]) // 2 // 28, (b[0] + b[2]) / 2) for b in boxes]
     assert keys == sorted(keys)  # reading order: the row of visual tokens holding the centre, then left to right
-    # the held-out check scores a written list against the scene: the true one is right throughout
-    from rsagent.train.ground_eval import _inventory_check
-
-    listed_line = listed.removeprefix("Shapes: ")
-    assert _inventory_check(listed_line, item) == {"shapes": len(entries), "count_right": 1, "found": len(entries),
-                                                   "colour": len(entries), "kind": len(entries), "size": len(entries)}
-    wrong = _inventory_check(listed_line.split("; ", 1)[1], item)  # the first shape left out
+    # the held-out check reads a written list back and scores it against the scene: the true one is right
+    read = read_inventory(text)
+    assert read == [(*e.split(" [")[0].split(), box) for e, box in zip(entries, boxes)]
+    assert read_inventory(call) is None  # an answer without a list
+    assert _inventory_check(read, item) == {"shapes": len(entries), "count_right": 1, "found": len(entries),
+                                            "colour": len(entries), "kind": len(entries), "size": len(entries)}
+    wrong = _inventory_check(read[1:], item)  # the first shape left out
     assert wrong["count_right"] == 0 and wrong["found"] == len(entries) - 1 == wrong["colour"]
     processor = small_shapes_model[2]
     inputs = batch_inputs(processor, [{**item, "answer": text}], SmartResizeFrame(), with_answer=True)

@@ -37,7 +37,7 @@ class GroundConfig:
     curriculum: str = "0.1,0.3"  # shares of `steps` ending the one-shape and the 2-4 shape stages (then 2-8)
     queries: str = "attribute"  # attribute: every single-target attribute query of a scene; mix: the dataset's samples
     answer: str = "call"  # call: the bare segment call after the user turn; episode: the oracle's first turn;
-    # inventory: every shape listed ("red circle [x0, y0, x1, y1]"), then the bare call
+    # inventory: every shape listed ("small red circle [x0, y0, x1, y1]"), then the bare call
     colour_first: float = 0.0  # share of `steps` on colour-only queries ("the red shape") first
     size: int = 112  # scene pixels a side
     seed: int = 0

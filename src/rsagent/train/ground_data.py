@@ -9,6 +9,7 @@ the queue of training items can be rebuilt exactly from a few numbers (`ItemQueu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -30,6 +31,10 @@ def answer(box) -> str:
     return f"<tool_call>\n{call}\n</tool_call>"
 
 
+INVENTORY_START = "Shapes: "
+_ENTRY = re.compile(r"(\w+) (\w+) (\w+) \[(\d+), (\d+), (\d+), (\d+)\]")  # one listed "size colour kind [box]"
+
+
 def inventory(item: dict, cell: int = 28) -> str:
     """Every shape of the scene as " <size> <colour> <kind> [x0, y0, x1, y1]", in reading order of the visual token
     holding its centre (rows of `cell` pixels, then left to right), before the call (`--answer inventory`).
@@ -41,7 +46,16 @@ def inventory(item: dict, cell: int = 28) -> str:
     lines = [f"{item['sizes'][i]} {item['colours'][i]} {item['kinds'][i]} [{', '.join(str(int(v)) for v in item['boxes'][i])}]"
              for i in order]
     # one line, "; " between shapes: every colour word keeps its leading space, the token the query has
-    return "Shapes: " + "; ".join(lines) + ".\n" + answer(item["boxes"][item["target"]])
+    return INVENTORY_START + "; ".join(lines) + ".\n" + answer(item["boxes"][item["target"]])
+
+
+def read_inventory(text: str) -> list[tuple[str, str, str, list[int]]] | None:
+    """The (size, colour, kind, box) entries of the list an answer writes in `inventory`'s format (the
+    well-formed ones of its line), or None when the answer writes no list."""
+    if INVENTORY_START not in text:
+        return None
+    line = text.split(INVENTORY_START, 1)[1].split("\n", 1)[0]
+    return [(m.group(1), m.group(2), m.group(3), [int(v) for v in m.groups()[3:]]) for m in _ENTRY.finditer(line)]
 
 
 def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: int = 2, cell: int = 28,

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from rsagent.core.mask import box_iou
-from rsagent.train.ground_data import batch_inputs
+from rsagent.train.ground_data import batch_inputs, read_inventory
 
 _BOX = re.compile(r'"box": \[(\d+), (\d+), (\d+), (\d+)\]')
-_ENTRY = re.compile(r"(\w+) (\w+) (\w+) \[(\d+), (\d+), (\d+), (\d+)\]")  # an inventory's "size colour kind [box]"
 
 
 @torch.inference_mode()
@@ -27,8 +26,9 @@ def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_ne
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         for it, t in zip(chunk, texts):
-            if "Shapes: " in t:
-                listed.append(_inventory_check(t.split("Shapes: ", 1)[1].split("\n", 1)[0], it))
+            entries = read_inventory(t)
+            if entries is not None:
+                listed.append(_inventory_check(entries, it))
             m = _BOX.search(t)
             if m is None:
                 ious.append(0.0)
@@ -60,10 +60,9 @@ def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_ne
     return result
 
 
-def _inventory_check(text: str, item: dict) -> dict:
+def _inventory_check(entries: list[tuple[str, str, str, list[int]]], item: dict) -> dict:
     """How one answer's list of shapes compares with the scene, as counts: each true shape matched to the
     listed entry whose box overlaps it most (found: box IoU 0.5 or more), and of those found, the words right."""
-    entries = [(m.group(1), m.group(2), m.group(3), [int(v) for v in m.groups()[3:]]) for m in _ENTRY.finditer(text)]
     found = colour = kind = size = 0
     for i, box in enumerate(item["boxes"]):
         overlaps = [box_iou(box, e[3]) for e in entries]
