@@ -34,6 +34,6 @@ train "$OUT/ground-2" 0 ground --config configs/ground_shapes_cpu.yaml --model "
 train "$OUT/ground-mix" 0 ground --config configs/ground_shapes_cpu.yaml --model "$OUT/ground-2" \
     --queries mix --steps 1400 --stop-after 1400 --lr 1e-3 --curriculum 0,0 "$@"
 for stage in ground-1 ground-2 ground-mix; do
-    .venv/bin/python -c "import json,sys; r=json.load(open(sys.argv[1]))['after']; print(sys.argv[2], json.dumps({k: r[k] for k in ('n', 'picked', 'iou', 'random_shape', 'colour_only')}))" \
+    .venv/bin/python -c "import json,sys; r=json.load(open(sys.argv[1]))['after']; print(sys.argv[2], json.dumps({k: r[k] for k in ('n', 'picked', 'iou', 'random_shape', 'named_colour', 'by_named')}))" \
         "$OUT/$stage/result.json" "$stage"
 done

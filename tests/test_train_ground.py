@@ -173,3 +173,25 @@ def test_the_inventory_answer_lists_every_shape_in_reading_order_then_boxes_the_
     assert result["steps"] == 2
     # the list is in the trained sequence: a shape's entry is 10 tokens or more
     assert all(a["tokens"] >= b["tokens"] + 10 for a, b in zip(_log(tmp_path / "inv"), _log(tmp_path / "call")))
+
+
+def test_the_check_says_what_perceiving_each_attribute_is_worth_and_picks_by_what_the_query_names():
+    """The baselines count the shapes that agree with the query's named colour (and kind); `by_named` splits
+    picking by the attributes the query names. Scenes are hand-made so every count is known."""
+    from rsagent.train.ground_eval import _named_baselines, _named_key
+
+    boxes = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]]
+    scene = {"boxes": boxes, "colours": ["red", "red", "red", "blue"], "kinds": ["circle", "star", "circle", "star"]}
+    red_star = {**scene, "target": 1, "named": [None, "red", "star"]}  # one red star among three reds
+    star = {**scene, "target": 3, "named": ["small", None, "star"]}  # "the small star": colour not named
+    got = _named_baselines([red_star, star])
+    assert got["named_colour"]["picked"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    assert got["named_colour_kind"]["picked"] == pytest.approx((1 + 1 / 2) / 2)
+    assert got["named_colour_kind"]["iou"] == pytest.approx((1 + 1 / 2) / 2)  # disjoint boxes: IoU 1 or 0
+    assert [_named_key(it["named"]) for it in (red_star, star)] == ["colour+kind", "size+kind"]
+    # every attribute query the generator writes names what its program says
+    from rsagent.train.ground_data import eval_items
+
+    for it in eval_items(20, 112):
+        size, colour, kind = it["named"]
+        assert it["query"] == "the " + " ".join(w for w in (size, colour, kind or "shape") if w)

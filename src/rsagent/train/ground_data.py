@@ -74,6 +74,7 @@ def scene_items(split: str, index: int, max_shapes: int, size: int, min_shapes: 
             program = programs[int(rng.integers(len(programs)))]
             items.append({"image": scene.image, "query": Q.text(program), "target": s.id, "boxes": boxes,
                           "colours": [t.colour for t in scene.shapes], "colour": program["desc"][1],
+                          "named": list(program["desc"]),  # (size, colour, kind) the query names, None where not
                           "kinds": [t.kind for t in scene.shapes], "sizes": [t.size for t in scene.shapes],
                           "cover": token_cover(s.mask, cell), "mask": s.mask,
                           "sample_id": f"{split}-{index}-{s.id}"})

@@ -1,6 +1,9 @@
 """Grounding's held-out check: greedy answers to `test` queries, scored by box IoU with the target and
-by picked-right (the shape the answer's box overlaps most is the target), beside two baselines computed
-on the same samples: a random shape, and a random shape of the queried colour."""
+by picked-right (the shape the answer's box overlaps most is the target), beside baselines computed on the
+same samples: a random shape; a random shape of the target's colour (`colour_only`, which knows the colour
+even when the query does not name it); and what perfect perception of some attributes alone allows: a random
+shape among those matching the colour the query names (`named_colour`), or its colour and kind
+(`named_colour_kind`). Picking is also broken down by which attributes the query names (`by_named`)."""
 
 from __future__ import annotations
 
@@ -51,6 +54,12 @@ def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_ne
               "random_shape": {"iou": float(np.mean(rand_iou)), "picked": float(np.mean(rand_pick))},
               "colour_only": {"iou": float(np.mean(col_iou)), "picked": float(np.mean(col_pick))},
               "mean_shapes": float(np.mean([len(it["boxes"]) for it in items]))}
+    if items and "named" in items[0]:  # attribute queries: what each attribute is worth, and picking by them
+        result.update(_named_baselines(items))
+        groups: dict[str, list[bool]] = {}
+        for it, hit in zip(items, picked):
+            groups.setdefault(_named_key(it["named"]), []).append(hit)
+        result["by_named"] = {k: {"n": len(v), "picked": float(np.mean(v))} for k, v in sorted(groups.items())}
     if listed:  # answers that list the scene (`--answer inventory`): how right the lists are
         total = {k: sum(c[k] for c in listed) for k in listed[0]}
         found = max(total["found"], 1)
@@ -58,6 +67,27 @@ def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_ne
                                "found": total["found"] / total["shapes"], "colour_right": total["colour"] / found,
                                "kind_right": total["kind"] / found, "size_right": total["size"] / found}
     return result
+
+
+def _named_key(named: list) -> str:
+    """Which attributes a query names, e.g. "colour+kind" ("the red circle"), "size+kind" ("the small star")."""
+    return "+".join(w for w, v in zip(("size", "colour", "kind"), named) if v is not None)
+
+
+def _named_baselines(items: list[dict]) -> dict:
+    """Picking and IoU of a random shape among those that agree with the query on the named colour, and on the
+    named colour and kind: the most that seeing only those attributes (perfectly) can pick."""
+    out = {}
+    for name, attrs in (("named_colour", ("colours",)), ("named_colour_kind", ("colours", "kinds"))):
+        pick, iou = [], []
+        for it in items:
+            wanted = {"colours": it["named"][1], "kinds": it["named"][2]}
+            same = [i for i in range(len(it["boxes"]))
+                    if all(wanted[a] is None or it[a][i] == wanted[a] for a in attrs)]
+            pick.append(1 / len(same))
+            iou.append(np.mean([box_iou(it["boxes"][i], it["boxes"][it["target"]]) for i in same]))
+        out[name] = {"iou": float(np.mean(iou)), "picked": float(np.mean(pick))}
+    return out
 
 
 def _inventory_check(entries: list[tuple[str, str, str, list[int]]], item: dict) -> dict:
