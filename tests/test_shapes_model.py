@@ -185,3 +185,35 @@ def test_the_language_model_s_depth_is_a_choice(tmp_path, capsys):
     assert all(torch.equal(p, q) for p, q in zip(deep.model.visual.parameters(), base.model.visual.parameters()))
     assert main(["shapes", "model", "--out", str(tmp_path / "m"), "--text-layers", "0"]) == 2
     assert "--text-layers must be at least 1" in capsys.readouterr().err
+
+
+def test_a_tower_of_7_pixel_patches_gives_the_same_tokens_and_runs_an_episode(tmp_path, capsys):
+    """`--patch 7 --merge 4`: the vision tower sees 256 patches of a 112 px scene and still gives the language
+    model 16 tokens of 28 px; the processor saved with the folder cuts the same patches; a combination that
+    would not give 14 or 28 px tokens is refused."""
+    import torch
+
+    from rsagent.shapes_model import build_shapes_model, corpus
+    from rsagent.shapes_vision import pretrain_vision, visual_tokens
+    from rsagent.data.shapes.generate import rng_for
+    from rsagent.data.shapes.scene import SceneConfig, sample_scene
+
+    model, processor = build_shapes_model(seed=0, texts=corpus(n_samples=20, n_episodes=1), patch=7, merge=4)
+    assert model.config.vision_config.patch_size == 7 == processor.image_processor.patch_size
+    torch.set_num_threads(1)
+    log = pretrain_vision(model, processor, steps=40, batch=8)
+    assert log[-1]["loss"] < log[0]["loss"]
+    image = sample_scene(rng_for("test", 0), SceneConfig(size=112)).image
+    pixels = processor.image_processor(images=[image], return_tensors="pt")
+    assert pixels["image_grid_thw"].tolist() == [[1, 16, 16]]  # 256 patches
+    assert visual_tokens(model.model.visual, processor, [image]).shape == (16, 128)
+    folder = tmp_path / "p7"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    split = write_split(tmp_path / "test", "test", 1)
+    rec = json.loads((split / "manifest.jsonl").read_text().splitlines()[0])
+    code = main(["segment", str(split / rec["image"]), rec["query"], "--policy", "qwen", "--model", str(folder),
+                 "--max-pixels", "12544", "--max-turns", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "run")])
+    assert code == 0 and "turns=1" in capsys.readouterr().out
+    assert main(["shapes", "model", "--out", str(tmp_path / "bad"), "--patch", "7", "--merge", "1"]) == 2
+    assert "patch 7 px merged 1 a side" in capsys.readouterr().err

@@ -179,9 +179,12 @@ def _add_shapes_parser(sub) -> None:
                             "(rsagent.shapes_vision; about 0.4 s a step on one core; default 0: random weights)")
     model.add_argument("--aligned", action="store_true",
                        help="score the vision labels against the model's own colour and kind word embeddings")
-    model.add_argument("--merge", type=int, choices=(1, 2), default=2,
+    model.add_argument("--merge", type=int, choices=(1, 2, 4), default=2,
                        help="patches a side merged into one visual token: 2 (Qwen2.5-VL's; a 112 px scene is 16 "
-                            "tokens) or 1 (64 tokens of 14 px)")
+                            "tokens) or 1 (64 tokens of 14 px); 4 with --patch 7 (16 tokens of 28 px)")
+    model.add_argument("--patch", type=int, choices=(7, 14), default=14,
+                       help="pixels a side of the vision tower's patches: 14 (Qwen2.5-VL's) or 7 (four times the "
+                            "patches for the same tokens with --merge 4; docs/shapes.md, 2026-11-28 (m))")
     model.add_argument("--text-layers", type=int, default=4, metavar="N",
                        help="decoder layers of the language model (default 4)")
     model.add_argument("--rescale-visual", action="store_true",
@@ -378,7 +381,7 @@ def _shapes(args: argparse.Namespace) -> int:
         if args.text_layers < 1:
             raise RsagentError(f"--text-layers must be at least 1, got {args.text_layers}")
         info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual,
-                                 merge=args.merge, text_layers=args.text_layers)
+                                 merge=args.merge, text_layers=args.text_layers, patch=args.patch)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

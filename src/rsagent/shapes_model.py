@@ -116,9 +116,10 @@ def prompt_blocks() -> tuple[str, ...]:
     return rules, "# Tools" + tools
 
 
-def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2, text_layers: int = 4):
+def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2, text_layers: int = 4, patch: int = 14):
     """Qwen2.5-VL at CPU size: `text_layers` (4) text layers of width 128 (heads of 32), a 4-block vision tower
-    of width 128; `merge` patches a side make one visual token (Qwen's 2, or 1: a 112 px scene as 64 tokens)."""
+    of width 128 on `patch`-pixel patches (Qwen's 14, or 7); `merge` patches a side make one visual token (Qwen's 2,
+    or 1: a 112 px scene as 64 tokens; with 7 px patches, 4 for 28 px tokens)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
@@ -132,12 +133,13 @@ def shapes_model_config(tokenizer, rope_theta: float = 1e6, merge: int = 2, text
                          tie_word_embeddings=True, bos_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(depth=4, hidden_size=128, intermediate_size=384, num_heads=4, out_hidden_size=128,
-                           fullatt_block_indexes=[1, 3], window_size=112, patch_size=14, spatial_merge_size=merge,
+                           fullatt_block_indexes=[1, 3], window_size=112, patch_size=patch, spatial_merge_size=merge,
                            temporal_patch_size=2),
         **ids)
 
 
-def build_shapes_model(seed: int = 0, texts: list[str] | None = None, merge: int = 2, text_layers: int = 4):
+def build_shapes_model(seed: int = 0, texts: list[str] | None = None, merge: int = 2, text_layers: int = 4,
+                       patch: int = 14):
     """(model, processor): random weights, the domain tokenizer, the project's chat template."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -145,14 +147,15 @@ def build_shapes_model(seed: int = 0, texts: list[str] | None = None, merge: int
 
     from rsagent.policies.qwen import make_processor
 
-    if merge not in (1, 2):
-        raise RsagentError(f"merge must be 1 or 2 patches a side, got {merge}")
+    if patch not in (7, 14) or patch * merge not in (14, 28):
+        raise RsagentError(f"patch {patch} px merged {merge} a side: give patch 14 with merge 1 or 2 (tokens of 14 or "
+                           f"28 px), or patch 7 with merge 2 or 4")
     tokenizer = train_tokenizer(texts if texts is not None else corpus(seed=seed))
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(shapes_model_config(tokenizer, merge=merge,
-                                                                   text_layers=text_layers)).eval()
+    model = Qwen2_5_VLForConditionalGeneration(shapes_model_config(tokenizer, merge=merge, text_layers=text_layers,
+                                                                   patch=patch)).eval()
     _number_embeddings(model, tokenizer)
-    processor = make_processor(tokenizer, Qwen2VLImageProcessorPil(merge_size=merge), max_pixels=MAX_PIXELS)
+    processor = make_processor(tokenizer, Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge), max_pixels=MAX_PIXELS)
     return model, processor
 
 
@@ -174,7 +177,8 @@ def _number_embeddings(model, tokenizer) -> None:
 
 
 def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
-                      rescale: bool = False, progress: bool = True, merge: int = 2, text_layers: int = 4) -> dict:
+                      rescale: bool = False, progress: bool = True, merge: int = 2, text_layers: int = 4,
+                      patch: int = 14) -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
     scene graph, `shapes_vision`), tokenizer, image processor and template to `out`; returns its description."""
     out = Path(out)
@@ -182,7 +186,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
         raise RsagentError(f"{out}: the folder is not empty; choose a new --out")
     from rsagent.policies.qwen import save_pixel_limits
 
-    model, processor = build_shapes_model(seed, merge=merge, text_layers=text_layers)
+    model, processor = build_shapes_model(seed, merge=merge, text_layers=text_layers, patch=patch)
     vision_log = []
     if vision_steps > 0:
         from rsagent.shapes_vision import pretrain_vision
@@ -194,7 +198,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
     info = describe(model, processor)
     (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,
-                                                       "rescale": rescale, "merge": merge, "text_layers": text_layers,
+                                                       "rescale": rescale, "merge": merge, "text_layers": text_layers, "patch": patch,
                                                        "vision_log": vision_log}, indent=1) + "\n")
     return info
 
