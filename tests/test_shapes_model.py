@@ -4,6 +4,7 @@ a saved folder that the qwen policy loads and runs to the end of an episode."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +145,17 @@ def test_vision_pretraining_learns_the_colours_and_positions_and_touches_only_th
     assert all(torch.equal(p, text_before[n]) for n, p in model.named_parameters() if ".visual." not in n)
 
 
+def _saved_folder_runs_an_episode(model, processor, folder: Path, capsys) -> None:
+    """`model` saved to `folder` loads as `--policy qwen --model folder` and plays one turn of a shapes sample."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    split = write_split(folder.parent / "test", "test", 1)
+    rec = json.loads((split / "manifest.jsonl").read_text().splitlines()[0])
+    code = main(["segment", str(split / rec["image"]), rec["query"], "--policy", "qwen", "--model", str(folder),
+                 "--max-pixels", "12544", "--max-turns", "1", "--max-new-tokens", "8", "--out", str(folder.parent / "run")])
+    assert code == 0 and "turns=1" in capsys.readouterr().out
+
+
 def test_a_model_of_one_patch_per_token_trains_its_vision_and_runs_an_episode(tmp_path, capsys):
     """`--merge 1`: each 14 px patch is its own visual token (64 for a 112 px scene); the perception
     labels, the processor and the qwen policy follow the folder's config."""
@@ -161,14 +173,7 @@ def test_a_model_of_one_patch_per_token_trains_its_vision_and_runs_an_episode(tm
     assert log[-1]["loss"] < log[0]["loss"] and log[-1]["colour_acc"] > 0.25  # chance 1/8 (0.83 after 600 of 32)
     image = sample_scene(rng_for("test", 0), SceneConfig(size=112)).image
     assert visual_tokens(model.model.visual, processor, [image]).shape == (64, 128)
-    folder = tmp_path / "m1"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    split = write_split(tmp_path / "test", "test", 1)
-    rec = json.loads((split / "manifest.jsonl").read_text().splitlines()[0])
-    code = main(["segment", str(split / rec["image"]), rec["query"], "--policy", "qwen", "--model", str(folder),
-                 "--max-pixels", "12544", "--max-turns", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "run")])
-    assert code == 0 and "turns=1" in capsys.readouterr().out
+    _saved_folder_runs_an_episode(model, processor, tmp_path / "m1", capsys)
 
 
 def test_the_language_model_s_depth_is_a_choice(tmp_path, capsys):
@@ -207,13 +212,6 @@ def test_a_tower_of_7_pixel_patches_gives_the_same_tokens_and_runs_an_episode(tm
     pixels = processor.image_processor(images=[image], return_tensors="pt")
     assert pixels["image_grid_thw"].tolist() == [[1, 16, 16]]  # 256 patches
     assert visual_tokens(model.model.visual, processor, [image]).shape == (16, 128)
-    folder = tmp_path / "p7"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    split = write_split(tmp_path / "test", "test", 1)
-    rec = json.loads((split / "manifest.jsonl").read_text().splitlines()[0])
-    code = main(["segment", str(split / rec["image"]), rec["query"], "--policy", "qwen", "--model", str(folder),
-                 "--max-pixels", "12544", "--max-turns", "1", "--max-new-tokens", "8", "--out", str(tmp_path / "run")])
-    assert code == 0 and "turns=1" in capsys.readouterr().out
+    _saved_folder_runs_an_episode(model, processor, tmp_path / "p7", capsys)
     assert main(["shapes", "model", "--out", str(tmp_path / "bad"), "--patch", "7", "--merge", "1"]) == 2
     assert "patch 7 px merged 1 a side" in capsys.readouterr().err
