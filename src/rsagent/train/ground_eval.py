@@ -43,16 +43,9 @@ def evaluate(model, processor, items: list[dict], frame, batch: int = 32, max_ne
             ious.append(overlaps[it["target"]])
             picked.append(max(overlaps) > 0 and int(np.argmax(overlaps)) == it["target"])
     processor.tokenizer.padding_side = "right"
-    rand_iou = [np.mean([box_iou(b, it["boxes"][it["target"]]) for b in it["boxes"]]) for it in items]
-    rand_pick = [1 / len(it["boxes"]) for it in items]
-    col_iou, col_pick = [], []
-    for it in items:
-        same = [i for i, c in enumerate(it["colours"]) if c == it["colours"][it["target"]]]
-        col_iou.append(np.mean([box_iou(it["boxes"][i], it["boxes"][it["target"]]) for i in same]))
-        col_pick.append(1 / len(same))
     result = {"n": len(items), "parsed": parsed, "iou": _ci(ious), "picked": _ci(np.asarray(picked, float)),
-              "random_shape": {"iou": float(np.mean(rand_iou)), "picked": float(np.mean(rand_pick))},
-              "colour_only": {"iou": float(np.mean(col_iou)), "picked": float(np.mean(col_pick))},
+              "random_shape": _random_among(items, lambda it, i: True),
+              "colour_only": _random_among(items, lambda it, i: it["colours"][i] == it["colours"][it["target"]]),
               "mean_shapes": float(np.mean([len(it["boxes"]) for it in items]))}
     if items and "named" in items[0]:  # attribute queries: what each attribute is worth, and picking by them
         result.update(_named_baselines(items))
@@ -75,19 +68,24 @@ def _named_key(named: list) -> str:
 
 
 def _named_baselines(items: list[dict]) -> dict:
-    """Picking and IoU of a random shape among those that agree with the query on the named colour, and on the
-    named colour and kind: the most that seeing only those attributes (perfectly) can pick."""
-    out = {}
-    for name, attrs in (("named_colour", ("colours",)), ("named_colour_kind", ("colours", "kinds"))):
-        pick, iou = [], []
-        for it in items:
-            wanted = {"colours": it["named"][1], "kinds": it["named"][2]}
-            same = [i for i in range(len(it["boxes"]))
-                    if all(wanted[a] is None or it[a][i] == wanted[a] for a in attrs)]
-            pick.append(1 / len(same))
-            iou.append(np.mean([box_iou(it["boxes"][i], it["boxes"][it["target"]]) for i in same]))
-        out[name] = {"iou": float(np.mean(iou)), "picked": float(np.mean(pick))}
-    return out
+    """A random shape among those that agree with the query on the named colour, and on the named colour and
+    kind: the most that seeing only those attributes (perfectly) can pick."""
+    def agrees(attrs: tuple[str, ...]):
+        wanted = {"colours": 1, "kinds": 2}  # where each attribute sits in `named` (size, colour, kind)
+        return lambda it, i: all(it["named"][wanted[a]] is None or it[a][i] == it["named"][wanted[a]] for a in attrs)
+    return {"named_colour": _random_among(items, agrees(("colours",))),
+            "named_colour_kind": _random_among(items, agrees(("colours", "kinds")))}
+
+
+def _random_among(items: list[dict], candidate) -> dict:
+    """Expected picked-right and box IoU with the target of a shape drawn at random among each item's
+    candidates (`candidate(item, i)`; the target is always one)."""
+    pick, iou = [], []
+    for it in items:
+        same = [i for i in range(len(it["boxes"])) if candidate(it, i)]
+        pick.append(1 / len(same))
+        iou.append(np.mean([box_iou(it["boxes"][i], it["boxes"][it["target"]]) for i in same]))
+    return {"iou": float(np.mean(iou)), "picked": float(np.mean(pick))}
 
 
 def _inventory_check(entries: list[tuple[str, str, str, list[int]]], item: dict) -> dict:
