@@ -200,3 +200,27 @@ def test_grounding_mix_needs_episode_answers(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         G.main()
     assert "--queries mix needs --answer episode" in capsys.readouterr().err
+
+
+def test_token_probe_reads_more_colour_after_perception_pretraining(common, small_shapes_model, tmp_path):
+    """bench/shapes_token_probe.py: per-shape probes on the frozen tokens count every test shape once and
+    read colour better from a tower after a short perception pretraining than from the random one."""
+    import torch
+
+    import shapes_token_probe as P
+    from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits, save_pixel_limits
+    from rsagent.shapes_vision import pretrain_vision
+
+    folder = str(small_shapes_model[0])
+    model = load_qwen_model(folder, "cpu", torch.float32)
+    processor = load_processor(folder, *pixel_limits(folder))
+    pretrain_vision(model, processor, 100, batch=8)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    save_pixel_limits(tmp_path, *pixel_limits(folder))
+    train, test = P.scenes("train", 200), P.scenes("test", 60)
+    random_tower, pretrained = (P.probe_model(path, train, test) for path in (folder, str(tmp_path)))
+    assert random_tower["test_shapes"] == pretrained["test_shapes"] == sum(len(s.shapes) for s in test)
+    assert set(pretrained["kind"]["by_size"]) <= {"tiny", "small", "medium", "large"}
+    assert pretrained["colour"]["accuracy"] > random_tower["colour"]["accuracy"] + 0.1
+    assert pretrained["colour"]["accuracy"] > pretrained["colour"]["chance"] + 0.3
