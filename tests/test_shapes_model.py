@@ -215,3 +215,28 @@ def test_a_tower_of_7_pixel_patches_gives_the_same_tokens_and_runs_an_episode(tm
     _saved_folder_runs_an_episode(model, processor, tmp_path / "p7", capsys)
     assert main(["shapes", "model", "--out", str(tmp_path / "bad"), "--patch", "7", "--merge", "1"]) == 2
     assert "patch 7 px merged 1 a side" in capsys.readouterr().err
+
+
+def test_vision_pretraining_draws_the_same_batches_in_a_worker_process(small, capsys):
+    """`workers=1` (`--vision-workers`, the CLI's default) trains on exactly the batches drawn in the training
+    process: the same log and the same weights; a negative count is refused."""
+    import copy
+
+    import torch
+
+    from rsagent.shapes_vision import pretrain_vision
+
+    _, model, processor, _ = small
+    torch.set_num_threads(1)
+    runs = []
+    for workers in (0, 1):
+        copy_ = copy.deepcopy(model)
+        log = pretrain_vision(copy_, processor, steps=25, batch=4, workers=workers)
+        runs.append((log, torch.cat([p.detach().flatten() for p in copy_.model.visual.parameters()])))
+    (log0, weights0), (log1, weights1) = runs
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in log0] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in log1]
+    assert torch.equal(weights0, weights1)
+    assert not torch.equal(weights0, torch.cat([p.flatten() for p in model.model.visual.parameters()]))
+    assert main(["shapes", "model", "--out", "unused", "--vision-steps", "5", "--vision-workers", "-1"]) == 2
+    assert "--vision-workers must be 0 or more" in capsys.readouterr().err

@@ -177,6 +177,9 @@ def _add_shapes_parser(sub) -> None:
     model.add_argument("--vision-steps", type=int, default=0,
                        help="then pretrain the vision tower on scene-graph labels for N steps of 32 scenes "
                             "(rsagent.shapes_vision; about 0.4 s a step on one core; default 0: random weights)")
+    model.add_argument("--vision-workers", type=int, default=1,
+                       help="processes drawing the pretraining scenes ahead of the tower (default 1; 0: none, the "
+                            "same batches drawn in the training process; more on machines with cores to spare)")
     model.add_argument("--aligned", action="store_true",
                        help="score the vision labels against the model's own colour and kind word embeddings")
     model.add_argument("--merge", type=int, choices=(1, 2, 4), default=2,
@@ -378,10 +381,13 @@ def _shapes(args: argparse.Namespace) -> int:
             raise RsagentError(f"--vision-steps must be 0 or more, got {args.vision_steps}")
         if args.rescale_visual and args.vision_steps == 0:
             raise RsagentError("--rescale-visual applies after vision pretraining: give --vision-steps N")
+        if args.vision_workers < 0:
+            raise RsagentError(f"--vision-workers must be 0 or more, got {args.vision_workers}")
         if args.text_layers < 1:
             raise RsagentError(f"--text-layers must be at least 1, got {args.text_layers}")
         info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual,
-                                 merge=args.merge, text_layers=args.text_layers, patch=args.patch)
+                                 merge=args.merge, text_layers=args.text_layers, patch=args.patch,
+                                 vision_workers=args.vision_workers)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

@@ -178,9 +178,10 @@ def _number_embeddings(model, tokenizer) -> None:
 
 def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
                       rescale: bool = False, progress: bool = True, merge: int = 2, text_layers: int = 4,
-                      patch: int = 14) -> dict:
+                      patch: int = 14, vision_workers: int = 0) -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
-    scene graph, `shapes_vision`), tokenizer, image processor and template to `out`; returns its description."""
+    scene graph, `shapes_vision`, its scenes drawn by `vision_workers` processes), tokenizer, image processor
+    and template to `out`; returns its description."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RsagentError(f"{out}: the folder is not empty; choose a new --out")
@@ -192,7 +193,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
         from rsagent.shapes_vision import pretrain_vision
 
         vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned, rescale=rescale,
-                                     log=(lambda r: print(json.dumps(r), flush=True)) if progress else None)
+                                     workers=vision_workers, log=(lambda r: print(json.dumps(r), flush=True)) if progress else None)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)

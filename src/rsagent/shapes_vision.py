@@ -109,11 +109,37 @@ class _WordHead:
                           self.scale * feats @ F.normalize(kind, dim=-1).T, self.occ(tokens)], -1)
 
 
+class _SceneBatches:
+    """Step `i`'s batch of perception pretraining, ready for the tower: the scenes' pixel values and grid, and
+    their token labels. Indexed by step, so a DataLoader's worker processes make exactly the batches the
+    main process would (drawing and labelling 32 scenes costs about as much as the tower's step)."""
+
+    def __init__(self, processor, steps: int, batch: int, seed: int, size: int, cell: int) -> None:
+        self.image_processor, self.steps, self.batch = processor.image_processor, steps, batch
+        self.seed, self.size, self.cell = seed, size, cell
+        self.banned = frozenset(HELD_OUT_PAIRS)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> tuple:
+        import torch
+
+        first = _FIRST_SCENE + self.seed * 10_000_000 + step * self.batch
+        scenes = [sample_scene(rng_for("train", first + j), SceneConfig(size=self.size), banned=self.banned)
+                  for j in range(self.batch)]
+        labels = [token_labels(s, self.cell) for s in scenes]
+        inputs = self.image_processor(images=[s.image for s in scenes], return_tensors="pt")
+        return (inputs["pixel_values"], inputs["image_grid_thw"],
+                *(torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in range(3)))
+
+
 def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
-                    size: int = 112, aligned: bool = False, rescale: bool = False,
+                    size: int = 112, aligned: bool = False, rescale: bool = False, workers: int = 0,
                     log: Callable[[dict], None] | None = None) -> list[dict]:
     """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps). With
-    `rescale`, the visual tokens then leave at the length of word embeddings (`match_text_scale`)."""
+    `rescale`, the visual tokens then leave at the length of word embeddings (`match_text_scale`).
+    `workers` processes draw the scenes ahead of the tower (0: the same batches, drawn in this process)."""
     import torch
     import torch.nn.functional as F
 
@@ -129,21 +155,18 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
     else:
         head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + n_rest)
     opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
-    banned = frozenset(HELD_OUT_PAIRS)
+    batches = torch.utils.data.DataLoader(_SceneBatches(processor, steps, batch, seed, size, merge), batch_size=None,
+                                          num_workers=workers, prefetch_factor=2 if workers else None)
     visual.train()
     records, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
+    for step, (pixels, grid_thw, col, kind, occ) in enumerate(batches, 1):
         for group in opt.param_groups:  # warm-up, then cosine to a tenth
             group["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.45 * (1 + np.cos(np.pi * step / steps)))
-        first = _FIRST_SCENE + seed * 10_000_000 + (step - 1) * batch
-        scenes = [sample_scene(rng_for("train", first + j), SceneConfig(size=size), banned=banned)
-                  for j in range(batch)]
-        labels = [token_labels(s, merge) for s in scenes]
-        col, kind, occ = (torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in range(3))
-        out = head(visual_tokens(visual, processor, [s.image for s in scenes]))
+        tokens = visual(pixels, grid_thw=grid_thw).pooler_output
+        out = head(torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens)
         a, b = n_col, n_col + n_kind
         c, d = b + n_occ, b + n_occ + grid
-        where = torch.arange(grid * grid).repeat(len(scenes))  # row-major, as the merged tokens come
+        where = torch.arange(grid * grid).repeat(len(grid_thw))  # row-major, as the merged tokens come
         loss = (-(col * F.log_softmax(out[:, :a], -1)).sum(-1).mean()
                 - (kind * F.log_softmax(out[:, a:b], -1)).sum(-1).mean()
                 + F.binary_cross_entropy_with_logits(out[:, b:c], occ)
