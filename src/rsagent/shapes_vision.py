@@ -69,10 +69,15 @@ def token_labels(scene: Scene, cell: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def visual_tokens(visual, processor, images: list):
     """The merged visual tokens of `images`, all images' tokens in one (tokens, width) tensor, in order."""
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    return tower_tokens(visual, inputs["pixel_values"], inputs["image_grid_thw"])
+
+
+def tower_tokens(visual, pixel_values, grid_thw):
+    """The merged visual tokens of images the image processor has already cut into patches."""
     import torch
 
-    inputs = processor.image_processor(images=images, return_tensors="pt")
-    tokens = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+    tokens = visual(pixel_values, grid_thw=grid_thw).pooler_output
     return torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
 
 
@@ -162,8 +167,7 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
     for step, (pixels, grid_thw, col, kind, occ) in enumerate(batches, 1):
         for group in opt.param_groups:  # warm-up, then cosine to a tenth
             group["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.45 * (1 + np.cos(np.pi * step / steps)))
-        tokens = visual(pixels, grid_thw=grid_thw).pooler_output
-        out = head(torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens)
+        out = head(tower_tokens(visual, pixels, grid_thw))
         a, b = n_col, n_col + n_kind
         c, d = b + n_occ, b + n_occ + grid
         where = torch.arange(grid * grid).repeat(len(grid_thw))  # row-major, as the merged tokens come
