@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Grounding on shapes, the measured route (docs/shapes.md, "2026-11-27 (g)" and "2026-11-28 (i)"): the
-# CPU-sized model with its vision tower pretrained, then three stages of `rsagent train ground` in the
-# episode's own words with the pretrained vision blocks kept (configs/ground_shapes_cpu.yaml):
+# Grounding on shapes, the measured route (docs/shapes.md, "2026-11-27 (g)", "2026-11-28 (i)" and "(n)"): the
+# CPU-sized model with its vision tower pretrained (2,500 steps of perception), then three stages of
+# `rsagent train ground` in the episode's own words with the whole pretrained tower kept
+# (configs/ground_shapes_cpu.yaml):
+#   base        random weights, then 2,500 steps of perception pretraining (~18-27 min)
 #   ground-1    every single-target attribute query ("the small red circle"), 1-8 shapes (~40 min)
-#   ground-2    the same on 2-8 shapes throughout, half the learning rate (~26 min)
-#   ground-mix  the dataset's own `train` queries of every kind (reasoning, groups, absent) (~42 min)
-# About 110 minutes of one thread beside another job. OUT/ground-mix is the grounded model the recipe's SFT
+#   ground-2    the same on 2-8 shapes throughout, half the learning rate (~15 min)
+#   ground-mix  the dataset's own `train` queries of every kind (reasoning, groups, absent) (~30 min)
+# About 2 hours of one thread beside another job. OUT/ground-mix is the grounded model the recipe's SFT
 # starts from (`--policy qwen --model OUT/ground-mix` answers in one turn); each stage's result.json holds
 # picked-right and box IoU on 600 held-out `test` queries beside the random-shape and colour-only baselines.
 #
@@ -22,12 +24,13 @@ mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
 if [ ! -f "$OUT/base/model.safetensors" ]; then
-    say "base model -> $OUT/base"
-    rm -rf "$OUT/base"
-    $RS shapes model --out "$OUT/base" --vision-steps 600 --rescale-visual
+    resume=""
+    if [ -f "$OUT/base/vision-checkpoint/vision_state.pt" ]; then resume="--resume"; else rm -rf "$OUT/base"; fi
+    say "base model -> $OUT/base $resume"
+    $RS shapes model --out "$OUT/base" --vision-steps 2500 --rescale-visual $resume
 fi
-# the first two measured stages were cut by wall-clock caps at steps 1555 and 735 of their schedules;
-# --stop-after replays them step for step on a machine of any speed (the config holds the first stage's)
+# the stages stop at fixed steps of longer schedules (the first's in the config: 2625 of 5000, as measured in
+# docs/shapes.md (n)); --stop-after replays them step for step on a machine of any speed
 train "$OUT/ground-1" 0 ground --config configs/ground_shapes_cpu.yaml --model "$OUT/base" "$@"
 train "$OUT/ground-2" 0 ground --config configs/ground_shapes_cpu.yaml --model "$OUT/ground-1" \
     --steps 2800 --stop-after 735 --lr 1e-3 --curriculum 0,0 "$@"

@@ -240,3 +240,63 @@ def test_vision_pretraining_draws_the_same_batches_in_a_worker_process(small, ca
     assert not torch.equal(weights0, torch.cat([p.flatten() for p in model.model.visual.parameters()]))
     assert main(["shapes", "model", "--out", "unused", "--vision-steps", "5", "--vision-workers", "-1"]) == 2
     assert "--vision-workers must be 0 or more" in capsys.readouterr().err
+
+
+def test_vision_pretraining_cut_halfway_resumes_to_the_uninterrupted_weights(small, tmp_path):
+    """A pretraining stopped after its checkpoint at step 25 (a crash at step 50, before its end) and run
+    again with the same `checkpoint` folder continues from step 25: the same log and the same tower as one
+    uninterrupted run; other settings are refused."""
+    import copy
+
+    import pytest
+    import torch
+
+    from rsagent.core.errors import RsagentError
+    from rsagent.shapes_vision import VISION_STATE, pretrain_vision
+
+    _, model, processor, _ = small
+    torch.set_num_threads(1)
+
+    def tower(m):
+        return torch.cat([p.detach().flatten() for p in m.model.visual.parameters()])
+
+    whole = copy.deepcopy(model)
+    log_whole = pretrain_vision(whole, processor, steps=50, batch=4, save_every=25)
+
+    def crash(rec):
+        if rec["step"] == 50:
+            raise KeyboardInterrupt
+
+    cut = copy.deepcopy(model)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_vision(cut, processor, steps=50, batch=4, save_every=25, checkpoint=tmp_path, log=crash)
+    assert torch.load(tmp_path / VISION_STATE, weights_only=False)["step"] == 25
+    resumed = copy.deepcopy(model)  # a new process: the random tower again, then the saved state
+    seen = []
+    log_resumed = pretrain_vision(resumed, processor, steps=50, batch=4, save_every=25, checkpoint=tmp_path,
+                                  log=seen.append)
+    assert [r["step"] for r in seen] == [50]  # only the steps after the checkpoint ran
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in log_resumed] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in log_whole]
+    assert torch.equal(tower(resumed), tower(whole))
+    assert not torch.equal(tower(resumed), tower(model))
+    with pytest.raises(RsagentError, match="other settings.*'lr': \\(0.002, 0.001\\)"):
+        pretrain_vision(copy.deepcopy(model), processor, steps=50, batch=4, lr=1e-3, checkpoint=tmp_path)
+
+
+def test_shapes_model_resume_needs_the_interrupted_state_and_refuses_a_finished_folder(tmp_path, capsys):
+    from rsagent.shapes_model import VISION_CHECKPOINT
+    from rsagent.shapes_vision import VISION_STATE
+
+    out = tmp_path / "base"
+    assert main(["shapes", "model", "--out", str(out), "--vision-steps", "2", "--resume"]) == 2
+    assert "holds no interrupted vision pretraining" in capsys.readouterr().err
+    (out / VISION_CHECKPOINT).mkdir(parents=True)
+    (out / VISION_CHECKPOINT / VISION_STATE).write_bytes(b"")
+    assert main(["shapes", "model", "--out", str(out), "--vision-steps", "2"]) == 2
+    assert "continue it with --resume" in capsys.readouterr().err
+    done = tmp_path / "done"
+    assert main(["shapes", "model", "--out", str(done), "--vision-steps", "2"]) == 0
+    assert not (done / VISION_CHECKPOINT).exists() and (done / "model.safetensors").exists()
+    assert main(["shapes", "model", "--out", str(done), "--vision-steps", "2"]) == 2
+    assert "the folder is not empty; or choose a new --out" in capsys.readouterr().err

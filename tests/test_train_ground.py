@@ -122,7 +122,7 @@ def test_clear_errors_for_settings_it_cannot_run_or_resume_with(small_shapes_mod
 def test_the_cli_runs_the_shipped_config_with_overrides(small_shapes_model, tmp_path, capsys):
     config = CONFIGS / "ground_shapes_cpu.yaml"
     shipped = load_ground_config(config)
-    assert (shipped.answer, shipped.freeze_vision, shipped.steps, shipped.stop_after) == ("episode", "blocks", 5000, 1555)
+    assert (shipped.answer, shipped.freeze_vision, shipped.steps, shipped.stop_after) == ("episode", True, 5000, 2625)
     assert (shipped.lr, shipped.curriculum, shipped.queries, shipped.match_aux, shipped.eval_n) == (
         2e-3, "0.1,0.3", "attribute", 1.0, 600)
     out = tmp_path / "run"
@@ -133,7 +133,7 @@ def test_the_cli_runs_the_shipped_config_with_overrides(small_shapes_model, tmp_
     assert line.startswith("steps=2 picked=") and line.endswith(f"out={out}")
     stored = read_config(out / "train_config.yaml")
     assert (stored["answer"], stored["freeze_vision"], stored["steps"], stored["stop_after"], stored["lr"]) == (
-        "episode", "blocks", 4, 2, 2e-3)
+        "episode", True, 4, 2, 2e-3)
     assert [row["step"] for row in _log(out)] == [1, 2] and (out / "checkpoint-2").is_dir()
     assert (out / "model.safetensors").is_file()
 

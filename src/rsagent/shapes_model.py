@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 from rsagent.core.errors import RsagentError
@@ -30,6 +31,7 @@ _PRETOKEN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}{1,3
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SCENE_SIZE = 112
 MAX_PIXELS = SCENE_SIZE * SCENE_SIZE  # 64 patches: views are shown at 112x112 at most
+VISION_CHECKPOINT = "vision-checkpoint"  # OUT/ of an interrupted vision pretraining (`--resume`)
 
 
 def corpus(n_samples: int = 300, n_episodes: int = 40, seed: int = 0) -> list[str]:
@@ -178,13 +180,22 @@ def _number_embeddings(model, tokenizer) -> None:
 
 def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
                       rescale: bool = False, progress: bool = True, merge: int = 2, text_layers: int = 4,
-                      patch: int = 14, vision_workers: int = 0) -> dict:
+                      patch: int = 14, vision_workers: int = 0, resume: bool = False) -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
     scene graph, `shapes_vision`, its scenes drawn by `vision_workers` processes), tokenizer, image processor
-    and template to `out`; returns its description."""
+    and template to `out`; returns its description. Pretraining saves its state in OUT/vision-checkpoint
+    every 250 steps; `resume` continues it (the model is otherwise rebuilt from `seed`, as it was)."""
+    from rsagent.shapes_vision import VISION_STATE
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise RsagentError(f"{out}: the folder is not empty; choose a new --out")
+    checkpoint = out / VISION_CHECKPOINT
+    held = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    interrupted = (checkpoint / VISION_STATE).exists()
+    if resume and not interrupted:
+        raise RsagentError(f"--resume: {out} holds no interrupted vision pretraining ({checkpoint / VISION_STATE})")
+    if held and not (resume and held == [VISION_CHECKPOINT]):
+        hint = ": it holds an interrupted vision pretraining, continue it with --resume" if interrupted else ""
+        raise RsagentError(f"{out}: the folder is not empty{hint}; or choose a new --out")
     from rsagent.policies.qwen import save_pixel_limits
 
     model, processor = build_shapes_model(seed, merge=merge, text_layers=text_layers, patch=patch)
@@ -193,7 +204,8 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
         from rsagent.shapes_vision import pretrain_vision
 
         vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned, rescale=rescale,
-                                     workers=vision_workers, log=(lambda r: print(json.dumps(r), flush=True)) if progress else None)
+                                     workers=vision_workers, log=(lambda r: print(json.dumps(r), flush=True)) if progress else None,
+                                     checkpoint=checkpoint)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
@@ -201,6 +213,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
     (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,
                                                        "rescale": rescale, "merge": merge, "text_layers": text_layers, "patch": patch,
                                                        "vision_log": vision_log}, indent=1) + "\n")
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the model is whole: nothing left to resume
     return info
 
 

@@ -25,11 +25,14 @@ reads off a visual token starts out in its own vocabulary.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+from rsagent.core.errors import RsagentError
 from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import COLOURS, KINDS, Scene, SceneConfig, sample_scene
 
@@ -139,12 +142,19 @@ class _SceneBatches:
                 *(torch.from_numpy(np.concatenate([lab[k] for lab in labels])) for k in range(3)))
 
 
+VISION_STATE = "vision_state.pt"
+
+
 def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
                     size: int = 112, aligned: bool = False, rescale: bool = False, workers: int = 0,
-                    log: Callable[[dict], None] | None = None) -> list[dict]:
+                    log: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+                    save_every: int = 250) -> list[dict]:
     """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps). With
     `rescale`, the visual tokens then leave at the length of word embeddings (`match_text_scale`).
-    `workers` processes draw the scenes ahead of the tower (0: the same batches, drawn in this process)."""
+    `workers` processes draw the scenes ahead of the tower (0: the same batches, drawn in this process).
+    With a `checkpoint` folder, the tower, head and optimizer are saved there every `save_every` steps and a
+    run finds and continues the state it holds: batches are indexed by step, so a resumed run ends with the
+    weights of an uninterrupted one."""
     import torch
     import torch.nn.functional as F
 
@@ -160,11 +170,16 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
     else:
         head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + n_rest)
     opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
-    batches = torch.utils.data.DataLoader(_SceneBatches(processor, steps, batch, seed, size, merge), batch_size=None,
+    settings = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "size": size, "aligned": aligned,
+                "token_pixels": merge, "patch": model.config.vision_config.patch_size,
+                "text_layers": model.config.text_config.num_hidden_layers}
+    first, records, offset = _restore(checkpoint, settings, visual, head, opt)
+    scenes = _SceneBatches(processor, steps, batch, seed, size, merge)
+    batches = torch.utils.data.DataLoader(torch.utils.data.Subset(scenes, range(first, steps)), batch_size=None,
                                           num_workers=workers, prefetch_factor=2 if workers else None)
     visual.train()
-    records, start = [], time.perf_counter()
-    for step, (pixels, grid_thw, col, kind, occ) in enumerate(batches, 1):
+    start = time.perf_counter() - offset
+    for step, (pixels, grid_thw, col, kind, occ) in enumerate(batches, first + 1):
         for group in opt.param_groups:  # warm-up, then cosine to a tenth
             group["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.45 * (1 + np.cos(np.pi * step / steps)))
         out = head(tower_tokens(visual, pixels, grid_thw))
@@ -191,10 +206,44 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
             records.append(rec)
             if log:
                 log(rec)
+        if checkpoint is not None and step % save_every == 0 and step < steps:
+            _save(checkpoint, {"settings": settings, "step": step, "records": records,
+                               "seconds": time.perf_counter() - start, "visual": visual.state_dict(),
+                               "head": [p.detach() for p in head.parameters()], "optimizer": opt.state_dict()})
     visual.eval()
     if rescale:
         records[-1]["rescaled_by"] = match_text_scale(model, processor, size=size, seed=seed)
     return records
+
+
+def _restore(checkpoint: Path | None, settings: dict, visual, head, opt) -> tuple[int, list[dict], float]:
+    """(steps done, log so far, seconds so far) of the run saved in `checkpoint`, its weights and optimizer
+    loaded; (0, [], 0.0) when there is none."""
+    import torch
+
+    path = checkpoint / VISION_STATE if checkpoint is not None else None
+    if path is None or not path.exists():
+        return 0, [], 0.0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["settings"] != settings:
+        changed = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
+        raise RsagentError(f"{path}: saved by a pretraining with other settings ((then, now): {changed}); "
+                           f"resume with the same settings or start in a new folder")
+    visual.load_state_dict(state["visual"])
+    with torch.no_grad():
+        for p, saved in zip(head.parameters(), state["head"]):
+            p.copy_(saved)
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], state["records"], state["seconds"]
+
+
+def _save(checkpoint: Path, state: dict) -> None:
+    import torch
+
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint / (VISION_STATE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, checkpoint / VISION_STATE)  # a crash while saving leaves the previous state whole
 
 
 def match_text_scale(model, processor, *, size: int = 112, n: int = 32, seed: int = 0) -> float:

@@ -58,7 +58,8 @@ def train_ground(config: GroundConfig, model_dir: str | Path | None = None) -> d
     device = _device(config.device)
     out = Path(config.out)
     checkpoint = prepare_out(out, config, GROUND_RESUMABLE_CHANGES)
-    state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False) if checkpoint else None
+    # on the CPU: a run checkpointed on a GPU resumes anywhere (the optimizer moves its state to the weights' device)
+    state = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False) if checkpoint else None
     torch.set_num_threads(config.threads)
     model, processor = _load(config, checkpoint, device)
     frame = SmartResizeFrame()
