@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole recipe on the shapes domain, from random weights, on one CPU (docs/results.md):
-#   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained,
-#              ~5 min), then three `rsagent train ground` stages that teach it to box the queried shape in
-#              the episode's words (~110 min): the stand-in for a pretrained VLM's grounding
+#   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained
+#              for 2,500 steps, ~15-27 min), then three `rsagent train ground` stages that teach it to box the
+#              queried shape in the episode's words, the tower kept (~95 min): the stand-in for a pretrained
+#              VLM's grounding
 #   2. synth   rsagent synth --dataset shapes --split train:5000     expert trajectories (~10 min)
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3   cold-start SFT (~60 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
@@ -14,7 +15,7 @@
 #   bash scripts/train_shapes.sh [OUT=runs/recipe-g] [SEED=0] [--device cuda]
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
-# script can be run again after a session ends (about 3.5 h of one thread in all; the two cores can run
+# script can be run again after a session ends (about 4 h of one thread in all; the two cores can run
 # `synth` beside the grounding stages). SEED seeds SFT and RL; the grounding stages are the one
 # "pretrained" model every seed starts from. Extra flags go to the training commands (for example
 # --device cuda on a GPU machine).

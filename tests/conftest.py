@@ -59,14 +59,12 @@ def small_shapes_model(tmp_path_factory):
     pixel limits: (folder, model, processor). Tests must not change the model in place."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from rsagent.policies.qwen import save_pixel_limits
+    from rsagent.policies.qwen import save_model_folder
     from rsagent.shapes_model import MAX_PIXELS, build_shapes_model, corpus
 
     model, processor = build_shapes_model(seed=0, texts=corpus(n_samples=40, n_episodes=3))
     out = tmp_path_factory.mktemp("shapes-model")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
+    save_model_folder(out, model, processor, max_pixels=MAX_PIXELS)
     return out, model, processor
 
 

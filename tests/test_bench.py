@@ -208,16 +208,14 @@ def test_token_probe_reads_more_colour_after_perception_pretraining(common, smal
     import torch
 
     import shapes_token_probe as P
-    from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits, save_pixel_limits
+    from rsagent.policies.qwen import load_processor, load_qwen_model, pixel_limits, save_model_folder
     from rsagent.shapes_vision import pretrain_vision
 
     folder = str(small_shapes_model[0])
     model = load_qwen_model(folder, "cpu", torch.float32)
     processor = load_processor(folder, *pixel_limits(folder))
     pretrain_vision(model, processor, 100, batch=8)
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    save_pixel_limits(tmp_path, *pixel_limits(folder))
+    save_model_folder(tmp_path, model, processor, *pixel_limits(folder))
     train, test = P.scenes("train", 200), P.scenes("test", 60)
     random_tower, pretrained = (P.probe_model(path, train, test) for path in (folder, str(tmp_path)))
     assert random_tower["test_shapes"] == pretrained["test_shapes"] == sum(len(s.shapes) for s in test)

@@ -21,7 +21,7 @@ from rsagent.core.errors import RsagentError  # noqa: E402
 from rsagent.core.image import load_image  # noqa: E402
 from rsagent.core.mask import GroundTruth, decode_rle  # noqa: E402
 from rsagent.env.episode import EpisodeConfig, EpisodeTask  # noqa: E402
-from rsagent.policies.qwen import QwenConfig, QwenPolicy  # noqa: E402
+from rsagent.policies.qwen import QwenConfig, QwenPolicy, save_model_folder  # noqa: E402
 from rsagent.policies.qwen_tokens import score_episodes  # noqa: E402
 from rsagent.runner import run_episodes  # noqa: E402
 from rsagent.segmenters import make_segmenter  # noqa: E402
@@ -158,9 +158,7 @@ def taught_folder(taught, shapes_export, tmp_path) -> tuple[Path, Path]:
     holding its scene twice under two ids: sampled episodes there differ in their rewards."""
     folder = tmp_path / "taught"
     _, model, processor, task = taught
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    (folder / "rsagent_pixels.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": MAX_PIXELS}))
+    save_model_folder(folder, model, processor, 3136, MAX_PIXELS)
     lines = [json.loads(x) for x in (shapes_export / "rl_prompts.jsonl").read_text().splitlines()]
     line = next(x for x in lines if x["sample_id"] == task.sample_id)
     prompts = tmp_path / "prompts.jsonl"

@@ -196,7 +196,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
     if held and not (resume and held == [VISION_CHECKPOINT]):
         hint = ": it holds an interrupted vision pretraining, continue it with --resume" if interrupted else ""
         raise RsagentError(f"{out}: the folder is not empty{hint}; or choose a new --out")
-    from rsagent.policies.qwen import save_pixel_limits
+    from rsagent.policies.qwen import save_model_folder
 
     model, processor = build_shapes_model(seed, merge=merge, text_layers=text_layers, patch=patch)
     vision_log = []
@@ -206,9 +206,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
         vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned, rescale=rescale,
                                      workers=vision_workers, log=(lambda r: print(json.dumps(r), flush=True)) if progress else None,
                                      checkpoint=checkpoint)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    save_pixel_limits(out, processor.image_processor.size["shortest_edge"], MAX_PIXELS)
+    save_model_folder(out, model, processor, max_pixels=MAX_PIXELS)
     info = describe(model, processor)
     (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,
                                                        "rescale": rescale, "merge": merge, "text_layers": text_layers, "patch": patch,

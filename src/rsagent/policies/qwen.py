@@ -136,6 +136,18 @@ def save_pixel_limits(folder: str | Path, min_pixels: int, max_pixels: int) -> N
         json.dumps({"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}) + "\n")
 
 
+def save_model_folder(folder: str | Path, model, processor, min_pixels: int | None = None,
+                      max_pixels: int | None = None) -> None:
+    """Weights, processor and the pixel limits the model was trained at (default: the processor's): a folder
+    `--policy qwen --model DIR` loads and shows views as trained."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    size = processor.image_processor.size
+    save_pixel_limits(folder, min_pixels or size["shortest_edge"], max_pixels or size["longest_edge"])
+
+
 def load_qwen_model(model: str, device: str, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
     def load(source: str, **kwargs):
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)

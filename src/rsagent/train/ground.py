@@ -215,13 +215,9 @@ def _load(config: GroundConfig, checkpoint: str | None, device: str):
 def _save_model(folder: Path, config: GroundConfig, model, processor) -> None:
     """Weights, processor, the pixel limits it was trained at and the config: a folder `--policy qwen
     --model` loads (showing views as trained)."""
-    from rsagent.policies.qwen import save_pixel_limits
+    from rsagent.policies.qwen import save_model_folder
 
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    size = processor.image_processor.size
-    save_pixel_limits(folder, size["shortest_edge"], size["longest_edge"])
+    save_model_folder(folder, model, processor)
     write_config(config, folder / CONFIG_FILE)
 
 
