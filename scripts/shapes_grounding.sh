@@ -27,7 +27,9 @@ if [ ! -f "$OUT/base/model.safetensors" ]; then
     resume=""
     if [ -f "$OUT/base/vision-checkpoint/vision_state.pt" ]; then resume="--resume"; else rm -rf "$OUT/base"; fi
     say "base model -> $OUT/base $resume"
-    $RS shapes model --out "$OUT/base" --vision-steps 2500 --rescale-visual $resume
+    device=(); flags=("$@")  # the training commands' --device, if given, is the perception stage's too
+    for i in "${!flags[@]}"; do [ "${flags[$i]}" = --device ] && device=(--device "${flags[$((i + 1))]}"); done
+    $RS shapes model --out "$OUT/base" --vision-steps 2500 --rescale-visual $resume "${device[@]}"
 fi
 # the stages stop at fixed steps of longer schedules (the first's in the config: 2625 of 5000, as measured in
 # docs/shapes.md (n)); --stop-after replays them step for step on a machine of any speed

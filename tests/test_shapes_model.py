@@ -300,3 +300,14 @@ def test_shapes_model_resume_needs_the_interrupted_state_and_refuses_a_finished_
     assert not (done / VISION_CHECKPOINT).exists() and (done / "model.safetensors").exists()
     assert main(["shapes", "model", "--out", str(done), "--vision-steps", "2"]) == 2
     assert "the folder is not empty; or choose a new --out" in capsys.readouterr().err
+
+
+def test_shapes_model_asks_for_cuda_only_where_there_is_one(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    out = tmp_path / "base"
+    assert main(["shapes", "model", "--out", str(out), "--vision-steps", "2", "--device", "cuda"]) == 2
+    assert "device cuda: no CUDA device is available" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was built or written

@@ -192,6 +192,8 @@ def _add_shapes_parser(sub) -> None:
                        help="decoder layers of the language model (default 4)")
     model.add_argument("--rescale-visual", action="store_true",
                        help="after vision pretraining, shrink the visual tokens to the length of word embeddings")
+    model.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                       help="where the vision tower pretrains (default: cuda when available)")
     model.add_argument("--resume", action="store_true",
                        help="continue the vision pretraining saved in OUT/vision-checkpoint (every 250 steps) by a "
                             "run that stopped; the same flags give the model an uninterrupted run gives")
@@ -390,7 +392,7 @@ def _shapes(args: argparse.Namespace) -> int:
             raise RsagentError(f"--text-layers must be at least 1, got {args.text_layers}")
         info = save_shapes_model(args.out, args.seed, args.vision_steps, args.aligned, args.rescale_visual,
                                  merge=args.merge, text_layers=args.text_layers, patch=args.patch,
-                                 vision_workers=args.vision_workers, resume=args.resume)
+                                 vision_workers=args.vision_workers, resume=args.resume, device=args.device)
         print(f"parameters={info['parameters']} vocab={info['vocab']} out={args.out}")
         return 0
     from rsagent.data.shapes import ShapesConfig, parse_split, write_split

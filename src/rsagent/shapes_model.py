@@ -180,11 +180,12 @@ def _number_embeddings(model, tokenizer) -> None:
 
 def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, aligned: bool = False,
                       rescale: bool = False, progress: bool = True, merge: int = 2, text_layers: int = 4,
-                      patch: int = 14, vision_workers: int = 0, resume: bool = False) -> dict:
+                      patch: int = 14, vision_workers: int = 0, resume: bool = False, device: str | None = "cpu") -> dict:
     """Write the model (random weights; with `vision_steps`, its vision tower then pretrained on the
     scene graph, `shapes_vision`, its scenes drawn by `vision_workers` processes), tokenizer, image processor
     and template to `out`; returns its description. Pretraining saves its state in OUT/vision-checkpoint
-    every 250 steps; `resume` continues it (the model is otherwise rebuilt from `seed`, as it was)."""
+    every 250 steps; `resume` continues it (the model is otherwise rebuilt from `seed`, as it was). The tower
+    pretrains on `device` (None: cuda when available)."""
     from rsagent.shapes_vision import VISION_STATE
 
     out = Path(out)
@@ -196,7 +197,10 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
     if held and not (resume and held == [VISION_CHECKPOINT]):
         hint = ": it holds an interrupted vision pretraining, continue it with --resume" if interrupted else ""
         raise RsagentError(f"{out}: the folder is not empty{hint}; or choose a new --out")
+    from rsagent.core.device import resolve_device
     from rsagent.policies.qwen import save_model_folder
+
+    device = resolve_device(device) if vision_steps > 0 else "cpu"
 
     model, processor = build_shapes_model(seed, merge=merge, text_layers=text_layers, patch=patch)
     vision_log = []
@@ -205,7 +209,7 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
 
         vision_log = pretrain_vision(model, processor, vision_steps, seed=seed, aligned=aligned, rescale=rescale,
                                      workers=vision_workers, log=(lambda r: print(json.dumps(r), flush=True)) if progress else None,
-                                     checkpoint=checkpoint)
+                                     checkpoint=checkpoint, device=device)
     save_model_folder(out, model, processor, max_pixels=MAX_PIXELS)
     info = describe(model, processor)
     (out / "shapes_model.json").write_text(json.dumps({**info, "seed": seed, "vision_steps": vision_steps, "aligned": aligned,

@@ -106,6 +106,13 @@ class _WordHead:
     def parameters(self) -> list:
         return [self.background, self.scale, *self.occ.parameters()]
 
+    def to(self, device) -> "_WordHead":
+        self.colours, self.kinds = self.colours.to(device), self.kinds.to(device)
+        for p in (self.background, self.scale):
+            p.data = p.data.to(device)
+        self.occ.to(device)
+        return self
+
     def __call__(self, tokens):
         import torch
         import torch.nn.functional as F
@@ -148,13 +155,14 @@ VISION_STATE = "vision_state.pt"
 def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float = 2e-3, seed: int = 0,
                     size: int = 112, aligned: bool = False, rescale: bool = False, workers: int = 0,
                     log: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
-                    save_every: int = 250) -> list[dict]:
+                    save_every: int = 250, device: str = "cpu") -> list[dict]:
     """Train `model.model.visual` in place for `steps` steps; returns the log (every 25 steps). With
     `rescale`, the visual tokens then leave at the length of word embeddings (`match_text_scale`).
     `workers` processes draw the scenes ahead of the tower (0: the same batches, drawn in this process).
     With a `checkpoint` folder, the tower, head and optimizer are saved there every `save_every` steps and a
     run finds and continues the state it holds: batches are indexed by step, so a resumed run ends with the
-    weights of an uninterrupted one."""
+    weights of an uninterrupted one. The tower trains on `device` and is back on the CPU when this returns
+    (the head starts from the same random weights on any device)."""
     import torch
     import torch.nn.functional as F
 
@@ -169,6 +177,8 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
         head = _WordHead(model, processor.tokenizer, n_rest)
     else:
         head = torch.nn.Linear(model.config.vision_config.out_hidden_size, n_col + n_kind + n_rest)
+    visual.to(device)
+    head.to(device)
     opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
     settings = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "size": size, "aligned": aligned,
                 "token_pixels": merge, "patch": model.config.vision_config.patch_size,
@@ -179,13 +189,14 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
                                           num_workers=workers, prefetch_factor=2 if workers else None)
     visual.train()
     start = time.perf_counter() - offset
-    for step, (pixels, grid_thw, col, kind, occ) in enumerate(batches, first + 1):
+    for step, batch_ in enumerate(batches, first + 1):
+        pixels, grid_thw, col, kind, occ = (t.to(device) for t in batch_)
         for group in opt.param_groups:  # warm-up, then cosine to a tenth
             group["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.45 * (1 + np.cos(np.pi * step / steps)))
         out = head(tower_tokens(visual, pixels, grid_thw))
         a, b = n_col, n_col + n_kind
         c, d = b + n_occ, b + n_occ + grid
-        where = torch.arange(grid * grid).repeat(len(grid_thw))  # row-major, as the merged tokens come
+        where = torch.arange(grid * grid, device=device).repeat(len(grid_thw))  # row-major, as the merged tokens come
         loss = (-(col * F.log_softmax(out[:, :a], -1)).sum(-1).mean()
                 - (kind * F.log_softmax(out[:, a:b], -1)).sum(-1).mean()
                 + F.binary_cross_entropy_with_logits(out[:, b:c], occ)
@@ -210,7 +221,7 @@ def pretrain_vision(model, processor, steps: int, *, batch: int = 32, lr: float 
             _save(checkpoint, {"settings": settings, "step": step, "records": records,
                                "seconds": time.perf_counter() - start, "visual": visual.state_dict(),
                                "head": [p.detach() for p in head.parameters()], "optimizer": opt.state_dict()})
-    visual.eval()
+    visual.eval().to("cpu")
     if rescale:
         records[-1]["rescaled_by"] = match_text_scale(model, processor, size=size, seed=seed)
     return records

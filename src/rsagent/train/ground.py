@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rsagent.core.device import resolve_device
 from rsagent.core.frames import SmartResizeFrame
 from rsagent.train.callbacks import LOG_FILE
 from rsagent.train.config import CONFIG_FILE, write_config
@@ -55,7 +56,7 @@ def train_ground(config: GroundConfig, model_dir: str | Path | None = None) -> d
 
     started = time.perf_counter()
     config.check()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     out = Path(config.out)
     checkpoint = prepare_out(out, config, GROUND_RESUMABLE_CHANGES)
     # on the CPU: a run checkpointed on a GPU resumes anywhere (the optimizer moves its state to the weights' device)
@@ -189,14 +190,6 @@ def train_ground(config: GroundConfig, model_dir: str | Path | None = None) -> d
               "before_training_64": before, "after": after}
     atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=1) + "\n")
     return {**result, "out": str(out)}
-
-
-def _device(device: str | None) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        from rsagent.core.errors import RsagentError
-
-        raise RsagentError("device cuda: no CUDA device is available")
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _load(config: GroundConfig, checkpoint: str | None, device: str):

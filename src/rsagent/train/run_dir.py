@@ -84,11 +84,9 @@ def resolve_precision(device: str | None, bf16: bool | str, dtype: str) -> tuple
     """(bf16, dtype) with "auto" decided: bf16 where CUDA supports it; weights in bfloat16 then."""
     import torch
 
-    if device not in (None, "cpu", "cuda"):
-        raise RsagentError(f"device must be cpu or cuda, got {device!r} (pick GPUs with CUDA_VISIBLE_DEVICES)")
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if device == "cuda" and not cuda:
-        raise RsagentError("device cuda: no CUDA device is available")
+    from rsagent.core.device import resolve_device
+
+    cuda = resolve_device(device) == "cuda"
     on = (cuda and torch.cuda.is_bf16_supported()) if bf16 == "auto" else bool(bf16)
     return on, (("bfloat16" if on else "float32") if dtype == "auto" else dtype)
 
