@@ -190,11 +190,11 @@ def save_shapes_model(out: str | Path, seed: int = 0, vision_steps: int = 0, ali
 
     out = Path(out)
     checkpoint = out / VISION_CHECKPOINT
-    held = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    held = out.exists() and any(out.iterdir())
     interrupted = (checkpoint / VISION_STATE).exists()
     if resume and not interrupted:
         raise RsagentError(f"--resume: {out} holds no interrupted vision pretraining ({checkpoint / VISION_STATE})")
-    if held and not (resume and held == [VISION_CHECKPOINT]):
+    if held and not resume:  # resume: the saved state continues; anything written after it is written again
         hint = ": it holds an interrupted vision pretraining, continue it with --resume" if interrupted else ""
         raise RsagentError(f"{out}: the folder is not empty{hint}; or choose a new --out")
     from rsagent.core.device import resolve_device
