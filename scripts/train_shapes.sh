@@ -5,7 +5,8 @@
 #              queried shape in the episode's words, the tower kept (~95 min): the stand-in for a pretrained
 #              VLM's grounding
 #   2. synth   rsagent synth --dataset shapes --split train:5000     expert trajectories (~10 min)
-#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3   cold-start SFT (~60 min)
+#   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision   cold-start SFT,
+#              the tower kept (~55 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
 #              episodes, every query kind (~20 min with two threads)
 #   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, the grounded model,
