@@ -101,7 +101,7 @@ def _compare(args: argparse.Namespace) -> int:
           f"{g['ci95'][1]:+.4f}]  cIoU {c['a']:.4f} -> {c['b']:.4f} diff {c['diff']:+.4f} [{c['ci95'][0]:+.4f}, "
           f"{c['ci95'][1]:+.4f}]  B higher/lower/same: {n['b_higher']}/{n['b_lower']}/{n['same']}")
     if args.out:
-        from rsagent.eval.results import atomic_write_text
+        from rsagent.core.files import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     return 0

@@ -25,7 +25,6 @@ reads off a visual token starts out in its own vocabulary.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from rsagent.core.errors import RsagentError
+from rsagent.core.files import atomic_write_bytes
 from rsagent.data.shapes.generate import HELD_OUT_PAIRS, rng_for
 from rsagent.data.shapes.scene import COLOURS, KINDS, Scene, SceneConfig, sample_scene
 
@@ -249,12 +249,14 @@ def _restore(checkpoint: Path | None, settings: dict, visual, head, opt) -> tupl
 
 
 def _save(checkpoint: Path, state: dict) -> None:
+    import io
+
     import torch
 
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    tmp = checkpoint / (VISION_STATE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, checkpoint / VISION_STATE)  # a crash while saving leaves the previous state whole
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    # a crash while saving leaves the previous state whole
+    atomic_write_bytes(checkpoint / VISION_STATE, buffer.getvalue())
 
 
 def match_text_scale(model, processor, *, size: int = 112, n: int = 32, seed: int = 0) -> float:

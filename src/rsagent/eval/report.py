@@ -17,10 +17,11 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
+from rsagent.core.files import atomic_write_text
 from rsagent.core.image import load_image, load_mask, save_image
 from rsagent.core.trajectory import Trajectory
 from rsagent.data.base import Sample
-from rsagent.eval.results import atomic_write_text, prediction_path, safe_name
+from rsagent.eval.results import prediction_path, safe_name
 
 GT_COLOUR = (40, 230, 90)
 THUMB_SIDE = 384

@@ -42,21 +42,6 @@ def safe_name(sample_id: str) -> str:
     return name
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a whole file so that readers (and a later resume) see either the old or the new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def dumps_line(record: dict) -> bytes:
     return (json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 

@@ -33,14 +33,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rsagent.core.errors import DatasetError, MaskError, RsagentError
+from rsagent.core.files import atomic_write_bytes, atomic_write_text
 from rsagent.core.image import image_size, load_mask, mask_png
 from rsagent.core.mask import GroundTruth, decode_rle
 from rsagent.core.trajectory import Trajectory
 from rsagent.data import Sample, load_dataset
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.eval.metrics import Protocol, get_protocol
-from rsagent.eval.results import (RESULTS, ResultsWriter, atomic_write_bytes, atomic_write_text, prediction_path,
-                                  read_results, safe_name)
+from rsagent.eval.results import RESULTS, ResultsWriter, prediction_path, read_results, safe_name
 from rsagent.eval.summary import build_summary, git_revision, package_versions
 from rsagent.policies.base import Policy
 from rsagent.runner import run_episodes

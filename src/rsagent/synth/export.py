@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rsagent.core.files import atomic_write_bytes, atomic_write_text
 from rsagent.core.mask import GroundTruth, decode_rle, encode_rle
 from rsagent.core.trajectory import ImageRef, Trajectory
 from rsagent.env.render import render_view
-from rsagent.eval.results import atomic_write_bytes, atomic_write_text, dumps_line
+from rsagent.eval.results import dumps_line
 from rsagent.policies.openai_compat import openai_messages
 
 IMAGE_DIR = "images"

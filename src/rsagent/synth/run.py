@@ -26,13 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rsagent.core.errors import RsagentError
+from rsagent.core.files import atomic_write_text
 from rsagent.core.frames import frame_from_dict, make_frame
 from rsagent.core.image import load_image
 from rsagent.core.mask import decode_rle, iou, mask_box
 from rsagent.core.trajectory import Trajectory
 from rsagent.env.episode import EpisodeConfig, EpisodeTask
 from rsagent.eval.metrics import get_protocol
-from rsagent.eval.results import RESULTS, atomic_write_text, dumps_line, read_results, safe_name
+from rsagent.eval.results import RESULTS, dumps_line, read_results, safe_name
 from rsagent.eval.run import DatasetSpec, Outcome, _describe, _now, _Run, execute
 from rsagent.policies.base import format_answer
 from rsagent.policies.narration import Narrator

@@ -20,7 +20,7 @@ import numpy as np
 from rsagent.core.trajectory import Trajectory
 from rsagent.env.render import turn_overlays
 from rsagent.eval.report import STYLE, bin_counts, fmt, histogram_svg, html_table, shrink
-from rsagent.eval.results import atomic_write_text
+from rsagent.core.files import atomic_write_text
 from rsagent.policies.openai_compat import encode_image
 from rsagent.synth.expert import BOX_OPENINGS, OPENINGS, WRONG_OPENINGS
 from rsagent.synth.filters import REASONS

@@ -180,7 +180,7 @@ def load_config(cls, path: str | Path | None = None, paths: tuple[str, ...] = ("
 def write_config(config, path: str | Path) -> None:
     import yaml
 
-    from rsagent.eval.results import atomic_write_text
+    from rsagent.core.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
 

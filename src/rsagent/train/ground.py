@@ -180,7 +180,7 @@ def train_ground(config: GroundConfig, model_dir: str | Path | None = None) -> d
     eval_s = time.perf_counter() - t1
     final = Path(model_dir) if model_dir is not None else out
     _save_model(final, config, model, processor)
-    from rsagent.eval.results import atomic_write_text
+    from rsagent.core.files import atomic_write_text
     from rsagent.shapes_model import describe
 
     result = {"config": config.to_dict(), "model": describe(model, processor), "steps": step, "samples": seen,

@@ -100,7 +100,7 @@ class RunLog:
 def write_gallery(path: Path, step: int, trajs, scores, advantages, loaded, group_size: int, groups: int) -> None:
     """The first `groups` prompts of the step, each with its whole group: rewards, advantage, every turn."""
     from rsagent.eval.report import fmt
-    from rsagent.eval.results import atomic_write_text
+    from rsagent.core.files import atomic_write_text
     from rsagent.synth.stats import page_head, trajectory_section
 
     parts = [page_head(f"rsagent rl step {step}"), f"<h1>RL step {step}: sampled episodes</h1>",

@@ -73,7 +73,7 @@ def truncate_log(path: Path, step: int) -> None:
     """Logs past the checkpoint belong to steps the resumed run does again: keep one line per step."""
     if not path.is_file():
         return
-    from rsagent.eval.results import atomic_write_text
+    from rsagent.core.files import atomic_write_text
 
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
