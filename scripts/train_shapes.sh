@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole recipe on the shapes domain, from random weights, on one CPU (docs/results.md):
+# The whole recipe on the shapes domain, from random weights, on a 2-core CPU (docs/results.md):
 #   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained
 #              for 2,500 steps, ~15-27 min), then three `rsagent train ground` stages that teach it to box the
 #              queried shape in the episode's words, the tower kept (~95 min): the stand-in for a pretrained
@@ -8,16 +8,17 @@
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision   cold-start SFT,
 #              the tower kept (~55 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
-#              episodes, every query kind (~20 min with two threads)
+#              episodes, every query kind (~35 min on one thread)
 #   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, the grounded model,
-#              SFT and SFT + RL (~75 min beside another job: 2-3 min a split for SFT and RL, 13 for the
-#              grounded model and 20 for the untrained one, which play all 8 turns)
+#              SFT and SFT + RL (2-3 min a split for SFT and RL; 13 for the grounded model and 20 for the
+#              untrained one, which play all 8 turns, on the second core beside SFT and RL)
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe-g] [SEED=0] [--device cuda]
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
-# script can be run again after a session ends (about 4 h of one thread in all; the two cores can run
-# `synth` beside the grounding stages). SEED seeds SFT and RL; the grounding stages are the one
+# script can be run again after a session ends. It uses two cores: synthesis runs beside the grounding
+# stages and the slow evaluations beside SFT and RL (about 4.3 h of one thread in all, about 3.4 h on the
+# 2-core machine; docs/training.md). SEED seeds SFT and RL; the grounding stages are the one
 # "pretrained" model every seed starts from. Extra flags go to the training commands (for example
 # --device cuda on a GPU machine).
 set -euo pipefail
@@ -31,18 +32,41 @@ EVAL_N=${EVAL_N:-500}
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
-bash scripts/shapes_grounding.sh "$OUT" "$@"
-if [ ! -f "$OUT/synth/sft.jsonl" ]; then
-    resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
+# The second core: synthesis beside the grounding stages, then the base's and the grounded model's slow
+# evaluations (they play all 8 turns) beside SFT and RL. Their output goes to OUT/logs; a failure there stops
+# the recipe at the next `wait`, and running the script again resumes it.
+mkdir -p "$OUT/logs"
+side=""
+# a recipe stopped by an error stops its side job too (it resumes with the rest when the script runs again)
+trap '[ -n "$side" ] && { pkill -P "$side" 2>/dev/null; kill "$side" 2>/dev/null; }; true' EXIT
+synthesize() {
+    [ -f "$OUT/synth/sft.jsonl" ] && { say "done: $OUT/synth"; return 0; }
+    local resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
     say "synthesize -> $OUT/synth $resume"
     # the expert's deliberately wrong openings stay in the context without loss (docs/training.md)
     $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
-fi
+}
+evaluate_stages() {  # evaluate_stages STAGE...: 8-turn episodes on 500 `test` and 500 `test-novel` scenes
+    local split stage
+    for split in test test-novel; do
+        for stage in "$@"; do
+            evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
+        done
+    done
+}
+
+say "synthesis on the second core: $OUT/logs/synth.log"
+synthesize > "$OUT/logs/synth.log" 2>&1 &
+side=$!
+bash scripts/shapes_grounding.sh "$OUT" "$@"
+wait "$side" || { side=""; say "synthesis failed: $OUT/logs/synth.log"; exit 1; }
+side=""
+say "evaluating base and ground-mix on the second core: $OUT/logs/eval-grounding.log"
+evaluate_stages base ground-mix > "$OUT/logs/eval-grounding.log" 2>&1 &
+side=$!
 train "$OUT/sft" "$SEED" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
 train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
-for split in test test-novel; do
-    for stage in base ground-mix sft rl; do
-        evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
-    done
-done
+evaluate_stages sft rl
+wait "$side" || { side=""; say "evaluation failed: $OUT/logs/eval-grounding.log"; exit 1; }
+side=""
 say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test)"
