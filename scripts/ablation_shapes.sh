@@ -9,8 +9,9 @@
 #
 #   bash scripts/ablation_shapes.sh [OUT=runs/recipe-g] [--device cuda]
 #
-# Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume.
-# About 4.5 h of one thread after the recipe, measured beside other jobs: each 30-step RL run ~40 min,
+# Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. Two
+# lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). About 4.5 h of one thread after the
+# recipe, about 2.5 h on the 2-core machine, measured beside other jobs: each 30-step RL run ~40 min,
 # RL only ~45 min, RL from the untrained model ~18 min, the SFT seed 60-100 min, each evaluation of an SFT or
 # RL model 2-3 min (RL only: 13, it plays all 8 turns; the untrained model's: 20-28).
 # "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
@@ -34,19 +35,24 @@ bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
-train "$OUT/rl-untrained" 0 rl "${RL_ARGS[@]}" --model "$OUT/base" --max-steps "$RL_UNTRAINED_STEPS" "$@"
+# Two lanes (`beside`, scripts/shapes_lib.sh). The second core: RL from the untrained model and its slow
+# evaluations (it plays all 8 turns), then the other seeds: SFT seed K from the grounded model, RL seed K from
+# the seed-0 SFT model.
+second_lane() {
+    train "$OUT/rl-untrained" 0 rl "${RL_ARGS[@]}" --model "$OUT/base" --max-steps "$RL_UNTRAINED_STEPS" "$@"
+    evaluate_stages rl-untrained
+    local seed
+    for seed in $SEEDS; do
+        train "$OUT/sft-s$seed" "$seed" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
+        train "$OUT/rl-s$seed" "$seed" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
+        evaluate_stages "sft-s$seed" "rl-s$seed"
+    done
+}
+beside "$OUT/logs/ablation-lane2.log" second_lane "$@"
 train "$OUT/rl-only" 0 rl "${RL_ARGS[@]}" --model "$OUT/ground-mix" --max-steps "$RL_ONLY_STEPS" "$@"
 train "$OUT/rl-nofinal" 0 rl "${RL_ARGS[@]}" --model "$OUT/sft" --reward-final 0 "$@"
-# more seeds, one stage at a time: SFT seed K from the grounded model, RL seed K from the seed-0 SFT model
-for seed in $SEEDS; do
-    train "$OUT/sft-s$seed" "$seed" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
-    train "$OUT/rl-s$seed" "$seed" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
-done
-
+evaluate_stages rl-only rl-nofinal
 for split in test test-novel; do
-    for stage in rl-untrained rl-only rl-nofinal $(for s in $SEEDS; do echo sft-s$s rl-s$s; done); do
-        evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
-    done
     evaluate --policy oracle --max-turns 8 -- "$split" "$OUT/eval/oracle-$split"
     box="$OUT/eval/box-only-$split.json"
     if [ "$(.venv/bin/python -c 'import json,sys; d=json.load(open(sys.argv[1])); print(next(iter(d["settings"].values()))["all"]["n"])' \
@@ -58,5 +64,6 @@ done
 for turns in 1 2 4; do
     evaluate --policy qwen --model "$OUT/rl" --max-turns "$turns" -- test "$OUT/eval/rl-test-turns$turns"
 done
+rejoin
 .venv/bin/python scripts/shapes_results.py "$OUT" --out docs/results.md --notes docs/results-notes.md
 say "ablation done: docs/results.md"

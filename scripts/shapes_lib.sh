@@ -11,6 +11,23 @@ SFT_ARGS=(--config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision)
 
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 
+# beside LOG COMMAND...: run COMMAND (a function too) on the second core, its output in LOG; `rejoin` waits
+# for it and stops the script if it failed. One side job at a time; a script stopped by an error stops its
+# side job too (every stage resumes when the script runs again).
+side=""
+beside() {
+    local log=$1; shift
+    mkdir -p "$(dirname "$log")"
+    say "on the second core: $* (log: $log)"
+    "$@" > "$log" 2>&1 &
+    side=$!
+}
+rejoin() {
+    local pid=$side; side=""
+    wait "$pid" || { say "the second core's job failed: see its log"; exit 1; }
+}
+trap '[ -n "$side" ] && { pkill -P "$side" 2>/dev/null; kill "$side" 2>/dev/null; }; true' EXIT
+
 # train DIR SEED KIND rsagent-train-args...: resume from the newest checkpoint, or start over when there is none
 train() {
     local dir=$1 seed=$2 kind=$3; shift 3
@@ -35,4 +52,15 @@ evaluate() {
     say "eval ${args[*]} on $split:$EVAL_N -> $dir $resume"
     $RS eval --dataset shapes --split "$split:$EVAL_N" "${args[@]}" --max-new-tokens 200 --batch-size 16 \
         --out "$dir" $resume "$@"
+}
+
+# evaluate_stages STAGE...: `evaluate` each OUT/STAGE (OUT is the caller's) for 8 turns on `test` and `test-novel`,
+# into OUT/eval/STAGE-SPLIT
+evaluate_stages() {
+    local split stage
+    for split in test test-novel; do
+        for stage in "$@"; do
+            evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
+        done
+    done
 }

@@ -32,13 +32,8 @@ EVAL_N=${EVAL_N:-500}
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
-# The second core: synthesis beside the grounding stages, then the base's and the grounded model's slow
-# evaluations (they play all 8 turns) beside SFT and RL. Their output goes to OUT/logs; a failure there stops
-# the recipe at the next `wait`, and running the script again resumes it.
-mkdir -p "$OUT/logs"
-side=""
-# a recipe stopped by an error stops its side job too (it resumes with the rest when the script runs again)
-trap '[ -n "$side" ] && { pkill -P "$side" 2>/dev/null; kill "$side" 2>/dev/null; }; true' EXIT
+# The second core (`beside`, scripts/shapes_lib.sh): synthesis beside the grounding stages, then the base's
+# and the grounded model's slow evaluations (they play all 8 turns) beside SFT and RL; logs in OUT/logs.
 synthesize() {
     [ -f "$OUT/synth/sft.jsonl" ] && { say "done: $OUT/synth"; return 0; }
     local resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
@@ -46,27 +41,13 @@ synthesize() {
     # the expert's deliberately wrong openings stay in the context without loss (docs/training.md)
     $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
 }
-evaluate_stages() {  # evaluate_stages STAGE...: 8-turn episodes on 500 `test` and 500 `test-novel` scenes
-    local split stage
-    for split in test test-novel; do
-        for stage in "$@"; do
-            evaluate --policy qwen --model "$OUT/$stage" --max-turns 8 -- "$split" "$OUT/eval/$stage-$split"
-        done
-    done
-}
 
-say "synthesis on the second core: $OUT/logs/synth.log"
-synthesize > "$OUT/logs/synth.log" 2>&1 &
-side=$!
+beside "$OUT/logs/synth.log" synthesize
 bash scripts/shapes_grounding.sh "$OUT" "$@"
-wait "$side" || { side=""; say "synthesis failed: $OUT/logs/synth.log"; exit 1; }
-side=""
-say "evaluating base and ground-mix on the second core: $OUT/logs/eval-grounding.log"
-evaluate_stages base ground-mix > "$OUT/logs/eval-grounding.log" 2>&1 &
-side=$!
+rejoin
+beside "$OUT/logs/eval-grounding.log" evaluate_stages base ground-mix
 train "$OUT/sft" "$SEED" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
 train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
 evaluate_stages sft rl
-wait "$side" || { side=""; say "evaluation failed: $OUT/logs/eval-grounding.log"; exit 1; }
-side=""
+rejoin
 say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test)"
