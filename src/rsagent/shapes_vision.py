@@ -25,6 +25,7 @@ reads off a visual token starts out in its own vocabulary.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -249,8 +250,6 @@ def _restore(checkpoint: Path | None, settings: dict, visual, head, opt) -> tupl
 
 
 def _save(checkpoint: Path, state: dict) -> None:
-    import io
-
     import torch
 
     buffer = io.BytesIO()
