@@ -230,6 +230,47 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(taught_folder, tmp_pat
     assert log_a[-1]["episodes_trained"] > 0  # the resumed step did train
 
 
+def test_keep_best_ships_the_checkpoint_with_the_best_held_out_giou(taught_folder, tmp_path):
+    """keep_best: the final weights are the saved step whose logged held-out gIoU is highest (the later on a
+    tie), written down in final_weights.json; resuming a finished run chooses again from its log."""
+    evals = dict(eval_steps=1, eval_dataset="shapes", eval_root=str(tmp_path / "shapes"), eval_split="val:2",
+                 eval_n=2, eval_max_new_tokens=24, gallery_steps=0, max_steps=3, save_total_limit=None)
+    result, out = _run(tmp_path, "best", taught_folder, keep_best=True, **evals)
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    giou = {r["step"]: r["eval_rollout_gIoU"] for r in rows if "eval_rollout_gIoU" in r and r["step"] > 0}
+    best = max(giou, key=lambda s: (giou[s], s))
+    chosen = json.loads((out / "final_weights.json").read_text())
+    assert result["final_step"] == chosen["step"] == best and chosen["candidates"] == {str(k): v for k, v in giou.items()}
+    final = _weights(out)
+    assert all(torch.equal(final[k], v) for k, v in _weights(out / f"checkpoint-{best}").items())
+    # step 1 made the best by its log line: --resume on the finished run ships checkpoint-1's weights
+    (out / "log.jsonl").write_text("".join(json.dumps({**r, "eval_rollout_gIoU": 2.0} if r["step"] == 1 and
+                                                      "eval_rollout_gIoU" in r else r) + "\n" for r in rows))
+    assert _run(tmp_path, "best", taught_folder, keep_best=True, resume=True, **evals)[0]["final_step"] == 1
+    final, first, last = _weights(out), _weights(out / "checkpoint-1"), _weights(out / "checkpoint-3")
+    assert all(torch.equal(final[k], v) for k, v in first.items())
+    assert any(not torch.equal(final[k], v) for k, v in last.items())
+    with pytest.raises(RsagentError, match="eval_steps"):
+        load_rl_config(None, model="m", out="o", prompts="p", keep_best=True).check()
+
+
+def test_checkpoint_rotation_keeps_the_best_step(tmp_path):
+    from rsagent.train.rl_outputs import best_checkpoint
+    from rsagent.train.run_dir import publish_checkpoint
+
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 0, "eval_rollout_gIoU": 0.9}, {"step": 10, "eval_rollout_gIoU": 0.5}, {"step": 15, "reward": 1.0},
+        {"step": 20, "eval_rollout_gIoU": 0.4}, {"step": 30, "eval_rollout_gIoU": 0.5})))
+    # step 0 is no checkpoint; 10 and 30 tie, the later wins; an unsaved step is no candidate
+    assert best_checkpoint(tmp_path, {10, 20, 30}) == (30, {10: 0.5, 20: 0.4, 30: 0.5})
+    assert best_checkpoint(tmp_path, {10, 20})[0] == 10
+    assert best_checkpoint(tmp_path, {15}) is None
+    for step in (10, 20, 30):
+        (tmp_path / f".tmp{step}").mkdir()
+        publish_checkpoint(tmp_path, tmp_path / f".tmp{step}", step, keep=1, protect=10)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-30"]
+
+
 def test_prompts_from_an_rl_prompts_file_and_clear_errors(taught, shapes_export, tmp_path, capsys):
     folder, model, processor, _ = taught
     prompts = shapes_export / "rl_prompts.jsonl"
@@ -321,6 +362,7 @@ def test_the_shipped_rl_configs_load():
     cpu, big = loaded["rl_shapes_cpu"], loaded["rl_qwen7b_lora"]
     assert cpu.device == "cpu" and cpu.segmenter == "grabcut"
     # the settings docs/training.md measured ("Q2"): targets only, KL to the SFT policy, both held-out readings
-    assert cpu.exclude_kinds == ["absent"] and cpu.kl_coef == 0.05 and cpu.eval_sampled
+    assert cpu.exclude_kinds == ["absent"] and cpu.kl_coef == 0.05 and cpu.eval_sampled and cpu.keep_best
+    assert cpu.save_steps % cpu.eval_steps == 0  # every saved step was evaluated: keep_best can pick it
     assert (cpu.prompts_per_step, cpu.group_size, cpu.max_steps) == (8, 8, 30)
     assert big.lora and big.segmenter == "sam2" and big.prompts_per_step % 8 == 0

@@ -254,9 +254,14 @@ def _add_train_parser(sub) -> None:
     group.add_argument("--save-steps", dest="save_steps", type=int, default=None, metavar="N")
     group.add_argument("--gallery-steps", dest="gallery_steps", type=int, default=None, metavar="N",
                        help="write OUT/gallery/step-N.html every N steps (0: never)")
-    _train_eval_options(rl).add_argument(
+    group = _train_eval_options(rl)
+    group.add_argument(
         "--eval-sampled", dest="eval_sampled", action=argparse.BooleanOptionalAction, default=None,
         help="also play the held-out samples at the training temperature (eval_sampled_*: the reward GRPO optimises)")
+    group.add_argument(
+        "--keep-best", dest="keep_best", action=argparse.BooleanOptionalAction, default=None,
+        help="final weights: the saved checkpoint with the best held-out greedy gIoU, not the last step's "
+             "(OUT/final_weights.json says which); with --resume on a finished run, it chooses again")
 
 
 def _add_ground_parser(stages) -> None:
@@ -363,7 +368,7 @@ def _train(args: argparse.Namespace) -> int:
         flags = {f.name: getattr(args, f.name) for f in fields(RLConfig) if hasattr(args, f.name)}
         result = train_rl(load_rl_config(args.config, **flags))
         reward = "n/a" if result["reward"] is None else f"{result['reward']:.4f}"
-        print(f"steps={result['steps']} reward={reward} prompts={result['prompts']} "
+        print(f"steps={result['steps']} final_weights=step-{result['final_step']} reward={reward} prompts={result['prompts']} "
               f"seconds={result['seconds']:.1f} out={result['out']}")
         return 0
     from rsagent.train import SFTConfig, load_sft_config, train_sft

@@ -42,8 +42,10 @@ from rsagent.train.callbacks import EVAL_DIR, LOG_FILE, evaluate_weights
 from rsagent.train.config import CONFIG_FILE, replace, write_config
 from rsagent.train.grpo import clipped_loss, group_advantages
 from rsagent.train.rl_config import RL_RESUMABLE_CHANGES, RLConfig
-from rsagent.train.rl_outputs import ADAPTER_DIR, GALLERY_DIR, RunLog, restore, save_checkpoint, save_weights, write_gallery
+from rsagent.train.rl_outputs import (ADAPTER_DIR, GALLERY_DIR, RunLog, choose_final_step, restore, save_checkpoint,
+                                      save_weights, write_gallery)
 from rsagent.train.run_dir import (
+    CHECKPOINT_PREFIX,
     eval_dataset_spec,
     freeze_vision,
     prepare_out,
@@ -190,14 +192,17 @@ def train_rl(config: RLConfig) -> dict:
                              max_pixels, accelerator)
     bar.close()
     accelerator.wait_for_everyone()
+    final_step = config.max_steps
     if main:
         log.close()
+        if config.keep_best:
+            final_step, unwrapped = _best_weights(config, out, unwrapped, str(accelerator.device), getattr(torch, dtype))
         save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
         from rsagent.train.plot import plot_log
 
         plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train rl: {config.model}", curves=RL_CURVES,
                  log_scale=False, left_title="mean reward of the sampled episodes")
-    return {"steps": config.max_steps, "resumed_from": checkpoint, "reward": row.get("reward"),
+    return {"steps": config.max_steps, "final_step": final_step, "resumed_from": checkpoint, "reward": row.get("reward"),
             "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
             "seconds": time.perf_counter() - started}
 
@@ -360,6 +365,14 @@ def _rollout_stats(trajs, scores, skipped: list[bool]) -> dict:
 
 
 # --- the starting weights -----------------------------------------------------------------------
+def _best_weights(config: RLConfig, out: Path, unwrapped, device: str, dtype):
+    """keep_best: (the step whose weights are final, the model holding them)."""
+    step = choose_final_step(out, config.max_steps)
+    if step == config.max_steps:
+        return step, unwrapped
+    return step, _load_trainable(config, str(out / f"{CHECKPOINT_PREFIX}{step}"), device, dtype)
+
+
 def _load_trainable(config: RLConfig, checkpoint: str | None, device: str, dtype):
     """The policy's weights: the starting model (a checkpoint's when resuming full fine-tuning), LoRA wrapped."""
     from rsagent.policies.qwen import load_qwen_model

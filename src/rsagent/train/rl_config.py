@@ -15,7 +15,7 @@ from rsagent.train.config import LANGUAGE_PROJECTIONS, SCHEDULERS, check_freeze_
 RL_RESUMABLE_CHANGES = frozenset({
     "max_steps", "resume", "device", "save_steps", "save_total_limit", "gallery_steps", "gallery_groups",
     "rollout_batch_size", "micro_batch", "eval_steps", "eval_dataset", "eval_root", "eval_split", "eval_n",
-    "eval_max_new_tokens", "eval_batch_size", "eval_sampled", "progress"})
+    "eval_max_new_tokens", "eval_batch_size", "eval_sampled", "keep_best", "progress"})
 
 
 @dataclass
@@ -86,6 +86,10 @@ class RLConfig:
     # also play the held-out samples at the training temperature (OUT/evals/step-N-sampled, eval_sampled_*):
     # the mean final reward of the policy GRPO optimises, beside the greedy policy's
     eval_sampled: bool = False
+    # the final weights are the checkpoint whose held-out greedy gIoU (eval_rollout_gIoU) was highest, the later
+    # on a tie, not the last step's: a late collapse (a 30-step shapes run that stopped answering "absent",
+    # docs/training.md) is not shipped. Candidates are steps both evaluated and saved; rotation keeps the best.
+    keep_best: bool = False
     progress: bool = True
     resume: bool = False
 
@@ -123,6 +127,8 @@ class RLConfig:
             raise RsagentError("eval_steps and gallery_steps must be non-negative")
         if self.eval_steps and not self.eval_dataset:
             raise RsagentError("eval_steps > 0 needs eval_dataset (e.g. --eval-dataset shapes)")
+        if self.keep_best and not self.eval_steps:
+            raise RsagentError("keep_best picks the final weights by the held-out rollouts: it needs eval_steps > 0")
 
     def reward_config(self):
         from rsagent.train.rewards import RewardConfig

@@ -12,12 +12,14 @@ from rsagent.core.errors import RsagentError
 from rsagent.train.callbacks import LOG_FILE
 from rsagent.train.config import CONFIG_FILE, write_config
 from rsagent.train.rl_config import RLConfig
-from rsagent.train.run_dir import CHECKPOINT_PREFIX, publish_checkpoint
+from rsagent.train.run_dir import CHECKPOINT_PREFIX, checkpoint_step, publish_checkpoint
 
 STATE_FILE = "rl_state.pt"  # optimizer, scheduler, step
 RANK_FILE = "rl_rank{rank}.pt"  # each process's sampler and RNG state
 GALLERY_DIR = "gallery"
 ADAPTER_DIR = "adapter"
+FINAL_FILE = "final_weights.json"  # with keep_best: which checkpoint the final weights are, and why
+BEST_METRIC = "eval_rollout_gIoU"
 
 
 def save_weights(folder: Path, config: RLConfig, unwrapped, processor, min_pixels: int, max_pixels: int,
@@ -57,7 +59,40 @@ def save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor
                tmp / RANK_FILE.format(rank=accelerator.process_index))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        publish_checkpoint(out, tmp, step, config.save_total_limit)
+        best = best_checkpoint(out, saved_steps(out) | {step}) if config.keep_best else None
+        publish_checkpoint(out, tmp, step, config.save_total_limit, protect=best and best[0])
+
+
+def saved_steps(out: Path) -> set[int]:
+    return {checkpoint_step(p) for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()}
+
+
+def best_checkpoint(out: Path, steps: set[int]) -> tuple[int, dict[int, float]] | None:
+    """(the step among `steps` whose held-out greedy gIoU in OUT/log.jsonl is highest, the later on a tie;
+    every candidate's gIoU), or None when none of them was evaluated."""
+    scores: dict[int, float] = {}
+    path = out / LOG_FILE
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if row.get("step") in steps and row.get(BEST_METRIC) is not None:
+                scores[row["step"]] = float(row[BEST_METRIC])
+    if not scores:
+        return None
+    return max(scores, key=lambda s: (scores[s], s)), scores
+
+
+def choose_final_step(out: Path, max_steps: int) -> int:
+    """keep_best: the best saved checkpoint's step (max_steps when none was evaluated), recorded in
+    OUT/final_weights.json with every candidate's gIoU."""
+    from rsagent.core.files import atomic_write_text
+
+    best = best_checkpoint(out, saved_steps(out))
+    step = max_steps if best is None else best[0]
+    atomic_write_text(out / FINAL_FILE, json.dumps({
+        "step": step, "max_steps": max_steps, "chosen_by": f"keep_best: the highest {BEST_METRIC}",
+        "candidates": {} if best is None else {str(k): v for k, v in sorted(best[1].items())}}, indent=1) + "\n")
+    return step
 
 
 def restore(checkpoint: Path, optimizer, scheduler, policy, rank: int) -> int:

@@ -54,9 +54,9 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
 
 
-def publish_checkpoint(out: Path, tmp: Path, step: int, keep: int | None) -> None:
+def publish_checkpoint(out: Path, tmp: Path, step: int, keep: int | None, protect: int | None = None) -> None:
     """Rename the finished `tmp` folder to OUT/checkpoint-<step> (a checkpoint folder is complete or absent),
-    then drop the oldest beyond `keep` (None: keep all)."""
+    then drop the oldest beyond `keep` (None: keep all), never checkpoint-<protect> (the best so far)."""
     import shutil
 
     folder = out / f"{CHECKPOINT_PREFIX}{step}"
@@ -64,7 +64,8 @@ def publish_checkpoint(out: Path, tmp: Path, step: int, keep: int | None) -> Non
         shutil.rmtree(folder)
     tmp.rename(folder)
     if keep:
-        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
+        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*")
+                       if p.is_dir() and checkpoint_step(p) != protect), key=checkpoint_step)
         for old in done[:-keep]:
             shutil.rmtree(old)
 
