@@ -7,7 +7,7 @@
 # expert (8 turns) and box-only (ground-truth boxes, then submit) for scale; SFT + RL for more training
 # seeds (SEEDS="1": SFT and RL each with that seed); then docs/results.md's tables and plot (scripts/shapes_results.py).
 #
-#   bash scripts/ablation_shapes.sh [OUT=runs/recipe-g] [--device cuda]
+#   bash scripts/ablation_shapes.sh [OUT=runs/recipe-h] [--device cuda]
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. Two
 # lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). About 4.5 h of one thread after the
@@ -22,7 +22,7 @@
 # SFT model's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/recipe-g}
+OUT=${1:-runs/recipe-h}
 shift $(( $# < 1 ? $# : 1 ))
 export RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -35,10 +35,11 @@ bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
-# Two lanes (`beside`, scripts/shapes_lib.sh). The second core: RL from the untrained model and its slow
-# evaluations (it plays all 8 turns), then the other seeds: SFT seed K from the grounded model, RL seed K from
+# Two lanes (`beside`, scripts/shapes_lib.sh). The second core: the untrained and grounded models'
+# evaluations, RL from the untrained model and its evaluations (these three play all 8 turns), then the other seeds: SFT seed K from the grounded model, RL seed K from
 # the seed-0 SFT model.
 second_lane() {
+    evaluate_stages base ground-mix
     train "$OUT/rl-untrained" 0 rl "${RL_ARGS[@]}" --model "$OUT/base" --max-steps "$RL_UNTRAINED_STEPS" "$@"
     evaluate_stages rl-untrained
     local seed

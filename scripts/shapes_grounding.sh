@@ -20,6 +20,7 @@ OUT=${1:-runs/shapes-grounding}
 shift $(( $# < 1 ? $# : 1 ))
 RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+THREADS=${THREADS:-1}  # the ground stages' torch threads (scripts/train_shapes.sh: 2, nothing runs beside them)
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
@@ -33,10 +34,10 @@ if [ ! -f "$OUT/base/model.safetensors" ]; then
 fi
 # the stages stop at fixed steps of longer schedules (the first's in the config: 2625 of 5000, as measured in
 # docs/shapes.md (n)); --stop-after replays them step for step on a machine of any speed
-train "$OUT/ground-1" 0 ground --config configs/ground_shapes_cpu.yaml --model "$OUT/base" "$@"
-train "$OUT/ground-2" 0 ground --config configs/ground_shapes_cpu.yaml --model "$OUT/ground-1" \
+train "$OUT/ground-1" 0 ground --config configs/ground_shapes_cpu.yaml --threads "$THREADS" --model "$OUT/base" "$@"
+train "$OUT/ground-2" 0 ground --config configs/ground_shapes_cpu.yaml --threads "$THREADS" --model "$OUT/ground-1" \
     --steps 2800 --stop-after 735 --lr 1e-3 --curriculum 0,0 "$@"
-train "$OUT/ground-mix" 0 ground --config configs/ground_shapes_cpu.yaml --model "$OUT/ground-2" \
+train "$OUT/ground-mix" 0 ground --config configs/ground_shapes_cpu.yaml --threads "$THREADS" --model "$OUT/ground-2" \
     --queries mix --steps 1400 --stop-after 1400 --lr 1e-3 --curriculum 0,0 "$@"
 for stage in ground-1 ground-2 ground-mix; do
     .venv/bin/python -c "import json,sys; r=json.load(open(sys.argv[1]))['after']; print(sys.argv[2], json.dumps({k: r[k] for k in ('n', 'picked', 'iou', 'random_shape', 'named_colour', 'by_named')}))" \

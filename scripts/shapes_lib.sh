@@ -14,17 +14,18 @@ say() { echo "[$(date +%H:%M:%S)] $*"; }
 # beside LOG COMMAND...: run COMMAND (a function too) on the second core, its output in LOG; `rejoin` waits
 # for it and stops the script if it failed. One side job at a time; a script stopped by an error stops its
 # side job too (every stage resumes when the script runs again).
-side=""
+side="" side_log=""
 beside() {
     local log=$1; shift
     mkdir -p "$(dirname "$log")"
     say "on the second core: $* (log: $log)"
     "$@" > "$log" 2>&1 &
-    side=$!
+    side=$! side_log=$log
 }
 rejoin() {
     local pid=$side; side=""
-    wait "$pid" || { say "the second core's job failed: see its log"; exit 1; }
+    say "waiting for the second core's job (log: $side_log)"
+    wait "$pid" || { say "the second core's job failed: see $side_log"; exit 1; }
 }
 trap '[ -n "$side" ] && { pkill -P "$side" 2>/dev/null; kill "$side" 2>/dev/null; }; true' EXIT
 

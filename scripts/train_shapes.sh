@@ -8,22 +8,23 @@
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision   cold-start SFT,
 #              the tower kept (~55 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
-#              episodes, every query kind (~35 min on one thread)
-#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes, for the base, the grounded model,
-#              SFT and SFT + RL (2-3 min a split for SFT and RL; 13 for the grounded model and 20 for the
-#              untrained one, which play all 8 turns, on the second core beside SFT and RL)
+#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best)
+#              (~19 min on two threads, 32 on one beside another job)
+#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes for SFT and SFT + RL (2-3 min a split,
+#              the two models side by side)
 #
-#   bash scripts/train_shapes.sh [OUT=runs/recipe-g] [SEED=0] [--device cuda]
+#   bash scripts/train_shapes.sh [OUT=runs/recipe-h] [SEED=0] [--device cuda]
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
-# script can be run again after a session ends. It uses two cores: synthesis runs beside the grounding
-# stages and the slow evaluations beside SFT and RL (about 4.3 h of one thread in all, about 3.4 h on the
-# 2-core machine; docs/training.md). SEED seeds SFT and RL; the grounding stages are the one
-# "pretrained" model every seed starts from. Extra flags go to the training commands (for example
-# --device cuda on a GPU machine).
+# script can be run again after a session ends. Synthesis runs on the second core beside the base model's
+# pretraining; every later stage runs alone on THREADS=2 threads. Time on the 2-core machine: about 3.4 h
+# when every stage ran on one thread beside another job (docs/training.md "2026-11-29 (p)"); with two
+# threads RL took 19 min against 32, and the recipe should take about 2.5 h (docs/training.md "2026-11-29 (q)",
+# not yet timed in one go). SEED seeds SFT and RL; the grounding stages are the one "pretrained" model every
+# seed starts from. Extra flags go to the training commands (for example --device cuda on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/recipe-g}
+OUT=${1:-runs/recipe-h}
 SEED=${2:-0}
 shift $(( $# < 2 ? $# : 2 ))
 export RS=${RS:-.venv/bin/rsagent}
@@ -32,8 +33,11 @@ EVAL_N=${EVAL_N:-500}
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
-# The second core (`beside`, scripts/shapes_lib.sh): synthesis beside the grounding stages, then the base's
-# and the grounded model's slow evaluations (they play all 8 turns) beside SFT and RL; logs in OUT/logs.
+# Synthesis runs on the second core (`beside`, scripts/shapes_lib.sh; its log in OUT/logs) beside the base model's
+# perception pretraining (one thread); every later stage has the machine to itself and runs on THREADS threads
+# (default 2). The untrained and grounded models' slow 8-turn evaluations are the ablation's
+# (scripts/ablation_shapes.sh), not the recipe's.
+export THREADS=${THREADS:-2}
 synthesize() {
     [ -f "$OUT/synth/sft.jsonl" ] && { say "done: $OUT/synth"; return 0; }
     local resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
@@ -45,9 +49,9 @@ synthesize() {
 beside "$OUT/logs/synth.log" synthesize
 bash scripts/shapes_grounding.sh "$OUT" "$@"
 rejoin
-beside "$OUT/logs/eval-grounding.log" evaluate_stages base ground-mix
-train "$OUT/sft" "$SEED" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
-train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
-evaluate_stages sft rl
+OMP_NUM_THREADS=$THREADS train "$OUT/sft" "$SEED" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
+OMP_NUM_THREADS=$THREADS train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
+beside "$OUT/logs/eval-sft.log" evaluate_stages sft
+evaluate_stages rl
 rejoin
 say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test)"
