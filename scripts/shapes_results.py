@@ -152,7 +152,32 @@ def build(out: Path) -> tuple[str, dict]:
         oracle = "-" if bench is None else f"{bench['all']['mean']:.3f}"
         lines.append(f"| {turns} | {cell(s, 'gIoU', n['test'])} | {used} | {oracle} |")
     lines += ["", "![ablation](results/ablation.png)", ""]
+    lines += final_weights(out, [name for _, name in rows if name.startswith("rl")], data)
     return "\n".join(lines), data
+
+
+def final_weights(out: Path, runs: list[str], data: dict) -> list[str]:
+    """Which step each RL arm's final weights are (keep_best: the saved step with the best held-out gIoU on
+    64 `val` scenes, OUT/RUN/final_weights.json); a run without that file kept its last step."""
+    rows = []
+    for name in runs:
+        path = out / name / "final_weights.json"
+        if not (out / name).is_dir():
+            continue
+        chosen = json.loads(path.read_text()) if path.is_file() else None
+        data.setdefault("final_weights", {})[name] = chosen
+        if chosen is None:
+            done = (out / name / "model.safetensors").is_file()
+            rows.append(f"| {data['labels'][name]} | {'the last' if done else 'not finished'} | - |")
+            continue
+        candidates = ", ".join(f"{step}: {giou:.3f}" for step, giou in chosen["candidates"].items()) or "none evaluated"
+        rows.append(f"| {data['labels'][name]} | {chosen['step']} of {chosen['max_steps']} | {candidates} |")
+    if not rows:
+        return []
+    return ["## Which RL checkpoint each arm is", "",
+            "RL keeps the saved checkpoint with the best greedy gIoU on 64 `val` scenes (`keep_best`, "
+            "docs/training.md); step 0 is the starting model and no candidate.", "",
+            "| arm | final weights: step | val gIoU of each saved step |", "| --- | --- | --- |", *rows, ""]
 
 
 def plot(data: dict, path: Path) -> None:
