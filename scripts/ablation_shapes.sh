@@ -10,16 +10,16 @@
 #   bash scripts/ablation_shapes.sh [OUT=runs/recipe-h] [--device cuda]
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. Two
-# lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). About 4.5 h of one thread after the
-# recipe, about 2.5 h on the 2-core machine, measured beside other jobs: each 30-step RL run ~40 min,
-# RL only ~45 min, RL from the untrained model ~18 min, the SFT seed 60-100 min, each evaluation of an SFT or
-# RL model 2-3 min (RL only: 13, it plays all 8 turns; the untrained model's: 20-28).
+# lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). Measured on runs/recipe-h (session q,
+# one thread a job): every arm but the extra seeds took 66 min of wall time (RL without the final reward 35
+# min, RL only from the grounded model 10, from the untrained model 7; the untrained models' evaluations 12-13
+# min a split, the grounded model's 3, an SFT or RL model's 1-3; the oracle bench 6 a split); the SFT seed
+# takes 50-80 min and its RL seed 17-32 more, on the second lane, so about 2 h in all after the recipe.
 # "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
 # (default 3): that model writes no parseable call, so every group's rewards are equal and GRPO has nothing
 # to learn from (its log says so: episodes_trained 0). "RL only" from
-# the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 10): that model never
-# submits, so each episode plays all 8 turns and a step takes about 4 minutes on one thread, six times an
-# SFT model's.
+# the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 10): that model rarely
+# submits, so most episodes play all 8 turns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe-h}
