@@ -368,8 +368,8 @@ def _train(args: argparse.Namespace) -> int:
         flags = {f.name: getattr(args, f.name) for f in fields(RLConfig) if hasattr(args, f.name)}
         result = train_rl(load_rl_config(args.config, **flags))
         reward = "n/a" if result["reward"] is None else f"{result['reward']:.4f}"
-        print(f"steps={result['steps']} final_weights=step-{result['final_step']} reward={reward} prompts={result['prompts']} "
-              f"seconds={result['seconds']:.1f} out={result['out']}")
+        print(f"steps={result['steps']} final_weights=step-{result['final_step']} reward={reward} "
+              f"prompts={result['prompts']} seconds={result['seconds']:.1f} out={result['out']}")
         return 0
     from rsagent.train import SFTConfig, load_sft_config, train_sft
 

@@ -17,6 +17,7 @@ loss is computed on the recorded ids, model tokens only, every turn's images in 
                                  and rl_rank<R>.pt (each process's sampler and RNG); `resume` continues the newest
     OUT/ (config.json, model.safetensors, tokenizer, processor, rsagent_pixels.json)
                                  the final policy: `--policy qwen --model OUT` (LoRA merged; adapter in OUT/adapter/)
+    OUT/final_weights.json       keep_best: the final policy is the saved step with the best held-out gIoU, not the last
 
 Several processes (`accelerate launch`): each holds the whole model, plays its share of each step's
 prompts (whole groups) and sums its gradients with the others before the optimiser step (no DDP
@@ -196,14 +197,15 @@ def train_rl(config: RLConfig) -> dict:
     if main:
         log.close()
         if config.keep_best:
-            final_step, unwrapped = _best_weights(config, out, unwrapped, str(accelerator.device), getattr(torch, dtype))
+            final_step, unwrapped = _best_weights(config, out, unwrapped, str(accelerator.device),
+                                                  getattr(torch, dtype))
         save_weights(out, config, unwrapped, processor, min_pixels, max_pixels, merge=True)
         from rsagent.train.plot import plot_log
 
         plot_log(out / LOG_FILE, out / "log.png", title=f"rsagent train rl: {config.model}", curves=RL_CURVES,
                  log_scale=False, left_title="mean reward of the sampled episodes")
-    return {"steps": config.max_steps, "final_step": final_step, "resumed_from": checkpoint, "reward": row.get("reward"),
-            "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
+    return {"steps": config.max_steps, "final_step": final_step, "resumed_from": checkpoint,
+            "reward": row.get("reward"), "final_iou": row.get("final_iou"), "out": str(out), "prompts": len(prompts),
             "seconds": time.perf_counter() - started}
 
 
