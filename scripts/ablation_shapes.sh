@@ -36,8 +36,8 @@ bash scripts/train_shapes.sh "$OUT" 0 "$@"
 source scripts/shapes_lib.sh
 
 # Two lanes (`beside`, scripts/shapes_lib.sh). The second core: the untrained and grounded models'
-# evaluations, RL from the untrained model and its evaluations (these three play all 8 turns), then the other seeds: SFT seed K from the grounded model, RL seed K from
-# the seed-0 SFT model.
+# evaluations, RL from the untrained model and its evaluations (these three play all 8 turns), then the
+# other seeds: SFT seed K from the grounded model, RL seed K from the seed-0 SFT model.
 second_lane() {
     evaluate_stages base ground-mix
     train "$OUT/rl-untrained" 0 rl "${RL_ARGS[@]}" --model "$OUT/base" --max-steps "$RL_UNTRAINED_STEPS" "$@"

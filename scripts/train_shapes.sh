@@ -19,9 +19,10 @@
 # script can be run again after a session ends. Synthesis runs on the second core beside the base model's
 # pretraining; every later stage runs alone on THREADS=2 threads. Time on the 2-core machine: about 3.4 h
 # when every stage ran on one thread beside another job (docs/training.md "2026-11-29 (p)"); with two
-# threads RL took 19 min against 32, grounding and SFT 0.64 of one thread's time, so about 2.3 h (docs/training.md
-# "2026-11-29 (q)", an estimate: not yet timed in one go). SEED seeds SFT and RL; the grounding stages are the one "pretrained" model every
-# seed starts from. Extra flags go to the training commands (for example --device cuda on a GPU machine).
+# threads RL took 19 min against 32, grounding and SFT 0.64 of one thread's time, so about 2.3 h
+# (docs/training.md "2026-11-29 (q)", an estimate: not yet timed in one go). SEED seeds SFT and RL; the
+# grounding stages are the one "pretrained" model every seed starts from. Extra flags go to the training
+# commands (for example --device cuda on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe-h}

@@ -12,7 +12,7 @@ from rsagent.core.errors import RsagentError
 from rsagent.train.callbacks import LOG_FILE
 from rsagent.train.config import CONFIG_FILE, write_config
 from rsagent.train.rl_config import RLConfig
-from rsagent.train.run_dir import CHECKPOINT_PREFIX, checkpoint_step, publish_checkpoint
+from rsagent.train.run_dir import CHECKPOINT_PREFIX, checkpoint_folders, checkpoint_step, publish_checkpoint
 
 STATE_FILE = "rl_state.pt"  # optimizer, scheduler, step
 RANK_FILE = "rl_rank{rank}.pt"  # each process's sampler and RNG state
@@ -64,7 +64,7 @@ def save_checkpoint(out: Path, step: int, config: RLConfig, unwrapped, processor
 
 
 def saved_steps(out: Path) -> set[int]:
-    return {checkpoint_step(p) for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()}
+    return {checkpoint_step(p) for p in checkpoint_folders(out)}
 
 
 def best_checkpoint(out: Path, steps: set[int]) -> tuple[int, dict[int, float]] | None:

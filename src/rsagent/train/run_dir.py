@@ -54,6 +54,11 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(Path(checkpoint).name.split("-")[-1])
 
 
+def checkpoint_folders(out: Path) -> list[Path]:
+    """OUT/checkpoint-N folders, oldest step first."""
+    return sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), key=checkpoint_step)
+
+
 def publish_checkpoint(out: Path, tmp: Path, step: int, keep: int | None, protect: int | None = None) -> None:
     """Rename the finished `tmp` folder to OUT/checkpoint-<step> (a checkpoint folder is complete or absent),
     then drop the oldest beyond `keep` (None: keep all), never checkpoint-<protect> (the best so far)."""
@@ -64,8 +69,7 @@ def publish_checkpoint(out: Path, tmp: Path, step: int, keep: int | None, protec
         shutil.rmtree(folder)
     tmp.rename(folder)
     if keep:
-        done = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*")
-                       if p.is_dir() and checkpoint_step(p) != protect), key=checkpoint_step)
+        done = [p for p in checkpoint_folders(out) if checkpoint_step(p) != protect]
         for old in done[:-keep]:
             shutil.rmtree(old)
 
