@@ -120,12 +120,27 @@ def test_held_out_combinations_never_reach_train_and_fill_test_novel():
 
 
 def test_split_names_and_counts():
-    assert parse_split("train:20000") == ("train", 20000)
-    assert parse_split("test")[0] == "test"
+    assert parse_split("train:20000") == ("train", 0, 20000)
+    assert parse_split("test") == ("test", 0, 1000)
+    assert parse_split("test:500-1000") == ("test", 500, 1000)
     with pytest.raises(DatasetError, match="unknown shapes split"):
         parse_split("dev")
-    with pytest.raises(DatasetError, match="integer"):
-        parse_split("test:many")
+    for bad in ("test:many", "test:5-", "test:-5", "test:a-b"):
+        with pytest.raises(DatasetError, match="integers"):
+            parse_split(bad)
+    for bad in ("test:0", "test:7-7", "test:8-3"):
+        with pytest.raises(DatasetError, match="at least 1"):
+            parse_split(bad)
+
+
+def test_a_range_of_a_split_lists_only_its_samples_the_same_as_the_whole_split(tmp_path):
+    whole = load_dataset("shapes", tmp_path, "test:6")
+    part = load_dataset("shapes", tmp_path, "test:3-6")
+    assert [s.sample_id for s in part] == [f"test-{i:06d}" for i in (3, 4, 5)]
+    assert [s.query for s in part] == [s.query for s in whole[3:]]
+    beyond = load_dataset("shapes", tmp_path, "test:6-8")  # the folder grows to 8; the first 6 are unchanged
+    assert [s.sample_id for s in beyond] == ["test-000006", "test-000007"]
+    assert [s.query for s in load_dataset("shapes", tmp_path, "test:6")] == [s.query for s in whole]
 
 
 def test_a_written_split_loads_as_shapes_and_as_a_manifest_with_the_same_ground_truth(tmp_path):
@@ -165,10 +180,19 @@ def test_cli_make_then_score_the_ground_truth_and_eval_the_oracle(tmp_path, caps
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["n"] == 5 and summary["failed"] == 0 and summary["gIoU"] > 0.7
     assert load_mask(out / "masks" / "test-000000.png").shape == (112, 112)
+    # scenes a run on test:5 never saw, then more of them with --resume
+    held_out = ["eval", "--dataset", "shapes", "--root", str(tmp_path), "--policy", "oracle",
+                "--out", str(tmp_path / "held-out"), "--no-progress"]
+    assert main([*held_out, "--split", "test:5-7"]) == 0
+    assert main([*held_out, "--split", "test:5-9", "--resume"]) == 0
+    ids = [json.loads(x)["sample_id"] for x in (tmp_path / "held-out" / "results.jsonl").read_text().splitlines()]
+    assert ids[:2] == ["test-000005", "test-000006"] and sorted(ids) == [f"test-{i:06d}" for i in range(5, 9)]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["shapes", "make", "--split", "dev", "--out", str(tmp_path / "x")]) == 2
     assert "unknown shapes split" in capsys.readouterr().err
+    assert main(["shapes", "make", "--split", "test:5-9", "--out", str(tmp_path / "x")]) == 2
+    assert "writes samples 0..N-1" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["eval", "--dataset", "manifest", "--policy", "oracle", "--out", str(tmp_path / "e")]) == 2
     assert "needs --root" in capsys.readouterr().err

@@ -404,7 +404,10 @@ def _shapes(args: argparse.Namespace) -> int:
 
     if not 112 <= args.size <= 224:
         raise RsagentError(f"--size must be within 112..224, got {args.size}")
-    name, n = parse_split(args.split if args.n is None else f"{args.split}:{args.n}")
+    name, start, n = parse_split(args.split if args.n is None else f"{args.split}:{args.n}")
+    if start:
+        raise RsagentError(f"shapes make writes samples 0..N-1 of a split (--split {name}:N); a range "
+                           f"such as {args.split!r} is for --split in eval and synth, which list only its samples")
     config = ShapesConfig(scene=dataclasses.replace(ShapesConfig().scene, size=args.size))
     out = write_split(args.out, name, n, config)
     print(f"split={name} n={n} size={args.size} out={out}")

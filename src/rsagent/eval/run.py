@@ -265,7 +265,8 @@ def _same_but_sample_count(a: dict, b: dict) -> bool:
     """Whether two run configurations differ at most in how many samples of the same split they take."""
     def strip(config: dict) -> dict:
         dataset = dict(config.get("dataset") or {})
-        dataset["split"] = re.sub(r":\d+$", "", str(dataset.get("split")))
+        # the stop of "test:200" or of a range "test:500-700" may grow; the split and a range's start may not
+        dataset["split"] = re.sub(r"(:|:\d+-)\d+$", r"\1", str(dataset.get("split")))
         dataset.pop("limit", None)
         return {**config, "dataset": dataset}
     return strip(a) == strip(b)

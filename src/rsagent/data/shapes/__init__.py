@@ -1,9 +1,9 @@
 """The procedural `shapes` domain: scenes with scene graphs, checked queries, splits by seed (docs/shapes.md).
 
 `load_dataset("shapes", ROOT, "test")` lists `ROOT/test/`, writing it first when it is missing or
-shorter than asked (`"test:200"` asks for the first 200 samples). A split folder is a plain manifest
-(`manifest.jsonl`, `images/`, `masks/`, `scenes/`), so `--dataset manifest --root ROOT/test` and any
-other tool read the same samples.
+shorter than asked (`"test:200"` asks for the first 200 samples, `"test:500-1000"` for samples 500..999).
+A split folder is a plain manifest (`manifest.jsonl`, `images/`, `masks/`, `scenes/`), so `--dataset
+manifest --root ROOT/test` and any other tool read the same samples.
 """
 
 from __future__ import annotations
@@ -26,18 +26,24 @@ __all__ = ["DEFAULT_ROOT", "SPLITS", "ShapesConfig", "ShapesSample", "generate",
            "write_split"]
 
 
-def parse_split(split: str | None) -> tuple[str, int]:
-    """"test" -> ("test", its default size); "train:20000" -> ("train", 20000)."""
+def parse_split(split: str | None) -> tuple[str, int, int]:
+    """Samples [start, stop) of a split: "test" -> ("test", 0, its default size); "train:20000" -> ("train", 0,
+    20000); "test:500-1000" -> ("test", 500, 1000), the 500 samples after the first 500 (scenes held out
+    from a run that used "test:500")."""
     name, _, count = (split or "test").partition(":")
     if name not in SPLITS:
-        raise DatasetError(f"unknown shapes split {name!r}; splits: {', '.join(SPLITS)} (optionally SPLIT:N)")
+        raise DatasetError(f"unknown shapes split {name!r}; splits: {', '.join(SPLITS)} "
+                           "(optionally SPLIT:N or SPLIT:START-STOP)")
+    first, dash, last = count.partition("-")
     try:
-        n = int(count) if count else DEFAULT_SIZES[name]
+        start, stop = (int(first), int(last)) if dash else (0, int(count) if count else DEFAULT_SIZES[name])
     except ValueError:
-        raise DatasetError(f"shapes split {split!r}: the count after ':' must be an integer") from None
-    if n < 1:
-        raise DatasetError(f"shapes split {split!r}: the count must be at least 1")
-    return name, n
+        raise DatasetError(f"shapes split {split!r}: after ':' give a count N or a range START-STOP of "
+                           "integers") from None
+    if stop < 1 or not 0 <= start < stop:
+        raise DatasetError(f"shapes split {split!r}: the count must be at least 1 and a range START-STOP must "
+                           "have 0 <= START < STOP")
+    return name, start, stop
 
 
 def write_split(out: str | Path, split: str, n: int, config: ShapesConfig = ShapesConfig()) -> Path:
@@ -72,14 +78,15 @@ def write_split(out: str | Path, split: str, n: int, config: ShapesConfig = Shap
 
 
 def load_shapes(root: str | Path | None, split: str | None = None) -> list[Sample]:
-    """The first N samples of a split under `root` (default: DEFAULT_ROOT), generated when not yet written."""
+    """Samples [start, stop) of a split under `root` (default: DEFAULT_ROOT); the folder holds samples 0..stop-1,
+    written first when it holds fewer."""
     from rsagent.data.manifest import load_manifest
 
-    name, n = parse_split(split)
+    name, start, n = parse_split(split)
     folder = Path(root if root is not None else DEFAULT_ROOT) / name
     info = folder / INFO
     have = json.loads(info.read_text())["n"] if info.is_file() else 0
     if have < n:
         config = ShapesConfig.from_dict(json.loads(info.read_text())["config"]) if info.is_file() else ShapesConfig()
         write_split(folder, name, n, config)
-    return load_manifest(folder)[:n]
+    return load_manifest(folder)[start:n]
