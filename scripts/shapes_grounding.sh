@@ -30,7 +30,7 @@ if [ ! -f "$OUT/base/model.safetensors" ]; then
     say "base model -> $OUT/base $resume"
     device=(); flags=("$@")  # the training commands' --device, if given, is the perception stage's too
     for i in "${!flags[@]}"; do [ "${flags[$i]}" = --device ] && device=(--device "${flags[$((i + 1))]}"); done
-    $RS shapes model --out "$OUT/base" --vision-steps 2500 --rescale-visual $resume "${device[@]}"
+    timed base $RS shapes model --out "$OUT/base" --vision-steps 2500 --rescale-visual $resume "${device[@]}"
 fi
 # the stages stop at fixed steps of longer schedules (the first's in the config: 2625 of 5000, as measured in
 # docs/shapes.md (n)); --stop-after replays them step for step on a machine of any speed

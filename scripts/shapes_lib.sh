@@ -29,6 +29,17 @@ rejoin() {
 }
 trap '[ -n "$side" ] && { pkill -P "$side" 2>/dev/null; kill "$side" 2>/dev/null; }; true' EXIT
 
+# timed STAGE COMMAND...: run COMMAND and add a line "STAGE<TAB>seconds<TAB>exit status<TAB>finished at" to
+# OUT/logs/times.tsv (OUT is the caller's): a stage run in parts across sessions has a line a part, and
+# scripts/shapes_results.py sums them into docs/results.md. A part killed with its shell (a session's end) has none.
+timed() {
+    local stage=$1 start=$SECONDS rc=0; shift
+    "$@" || rc=$?
+    mkdir -p "$OUT/logs"
+    printf '%s\t%s\t%s\t%s\n' "$stage" $((SECONDS - start)) "$rc" "$(date -Iseconds)" >> "$OUT/logs/times.tsv"
+    return "$rc"
+}
+
 # train DIR SEED KIND rsagent-train-args...: resume from the newest checkpoint, or start over when there is none
 train() {
     local dir=$1 seed=$2 kind=$3; shift 3
@@ -36,7 +47,7 @@ train() {
     local resume=""
     if ls -d "$dir"/checkpoint-* >/dev/null 2>&1; then resume="--resume"; else rm -rf "$dir"; fi
     say "train $kind $dir $resume"
-    $RS train "$kind" "$@" --out "$dir" --seed "$seed" $resume
+    timed "${dir#"$OUT"/}" $RS train "$kind" "$@" --out "$dir" --seed "$seed" $resume
 }
 
 # evaluate POLICY-ARGS... -- SPLIT DIR [more eval args]: greedy episodes on the first EVAL_N scenes of SPLIT,
@@ -51,8 +62,8 @@ evaluate() {
     fi
     local resume=""; [ -f "$dir/run.json" ] && resume="--resume"
     say "eval ${args[*]} on $split:$EVAL_N -> $dir $resume"
-    $RS eval --dataset shapes --split "$split:$EVAL_N" "${args[@]}" --max-new-tokens 200 --batch-size 16 \
-        --out "$dir" $resume "$@"
+    timed "${dir#"$OUT"/}" $RS eval --dataset shapes --split "$split:$EVAL_N" "${args[@]}" --max-new-tokens 200 \
+        --batch-size 16 --out "$dir" $resume "$@"
 }
 
 # evaluate_stages STAGE...: `evaluate` each OUT/STAGE (OUT is the caller's) for 8 turns on `test` and `test-novel`,

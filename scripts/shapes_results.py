@@ -153,7 +153,36 @@ def build(out: Path) -> tuple[str, dict]:
         lines.append(f"| {turns} | {cell(s, 'gIoU', n['test'])} | {used} | {oracle} |")
     lines += ["", "![ablation](results/ablation.png)", ""]
     lines += final_weights(out, [name for _, name in rows if name.startswith("rl")], data)
+    lines += stage_times(out, data)
     return "\n".join(lines), data
+
+
+def stage_times(out: Path, data: dict) -> list[str]:
+    """Minutes each stage ran, summed over its parts (OUT/logs/times.tsv, which scripts/shapes_lib.sh's `timed`
+    writes: stage, seconds, exit status, finished at); none when the folder has no such file."""
+    path = out / "logs" / "times.tsv"
+    if not path.is_file():
+        return []
+    stages: dict[str, dict] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) != 4 or not fields[1].isdigit():
+            raise SystemExit(f"{path}:{number}: expected stage, seconds, exit status, finished at; got {line!r}")
+        stage = stages.setdefault(fields[0], {"seconds": 0, "parts": 0, "failed": 0, "finished": ""})
+        stage["seconds"] += int(fields[1])
+        stage["parts"] += 1
+        stage["failed"] += fields[2] != "0"
+        stage["finished"] = fields[3]
+    data["stage_times"] = stages
+    rows = [f"| {name} | {v['seconds'] / 60:.1f} | {v['parts']} | {v['failed']} | {v['finished']} |"
+            for name, v in stages.items()]
+    total = sum(v["seconds"] for v in stages.values()) / 60
+    return ["## What each stage cost", "",
+            f"Minutes each stage's command ran on the machine that ran it, summed over the parts it ran in "
+            f"(`{path.relative_to(out)}`, in the order they first ran). Job time, not wall time: synthesis runs "
+            f"beside the base model and the ablation's arms in lanes side by side. All together {total:.0f} "
+            "minutes.", "", "| stage | minutes | parts | parts that failed | last finished |",
+            "| --- | --- | --- | --- | --- |", *rows, ""]
 
 
 def final_weights(out: Path, runs: list[str], data: dict) -> list[str]:

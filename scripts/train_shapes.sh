@@ -44,7 +44,7 @@ synthesize() {
     local resume=""; [ -f "$OUT/synth/run.json" ] && resume="--resume"
     say "synthesize -> $OUT/synth $resume"
     # the expert's deliberately wrong openings stay in the context without loss (docs/training.md)
-    $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
+    timed synth $RS synth --dataset shapes --split train:5000 --max-pixels 12544 --workers 1 --out "$OUT/synth" $resume
 }
 
 beside "$OUT/logs/synth.log" synthesize
@@ -55,4 +55,4 @@ OMP_NUM_THREADS=$THREADS train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OU
 beside "$OUT/logs/eval-sft.log" evaluate_stages sft
 evaluate_stages rl
 rejoin
-say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test)"
+say "recipe done: $OUT/rl (compare: $RS compare $OUT/eval/sft-test $OUT/eval/rl-test; each stage's minutes: $OUT/logs/times.tsv)"

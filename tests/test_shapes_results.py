@@ -109,3 +109,30 @@ def test_first_box_reads_where_the_agent_went_first(tmp_path):
         for x in map(json.loads, (out / "results.jsonl").read_text().splitlines())))
     paired = first_box.against(empty, out)["present_targets"]
     assert paired["n"] == len(present) and paired["diff"] == pytest.approx(sum(present) / len(present))
+
+
+def test_stage_times_are_written_by_the_scripts_and_summed_into_the_page(tmp_path):
+    """scripts/shapes_lib.sh's `timed` around a real `evaluate` (an oracle eval) and a failing command, run twice
+    like a stage resumed in a second session: docs/results.md's table sums the parts and counts the failure."""
+    import subprocess
+    repo = SCRIPT.parents[1]
+    out = tmp_path / "recipe"
+    script = ('source scripts/shapes_lib.sh; '
+              'evaluate --policy oracle --max-turns 2 -- test "$OUT/eval/sft-test" --root "$ROOT" --no-progress; '
+              'timed broken false || true; timed broken sleep 1')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OUT": str(out), "ROOT": str(tmp_path / "shapes"),
+           "EVAL_N": "3", "RS": f"{sys.executable} -m rsagent.cli", "PYTHONPATH": str(repo / "src")}
+    subprocess.run(["bash", "-euc", script], cwd=repo, env=env, check=True, capture_output=True, timeout=600)
+    lines = (out / "logs" / "times.tsv").read_text().splitlines()
+    assert [line.split("\t")[:1] + line.split("\t")[2:3] for line in lines] == [
+        ["eval/sft-test", "0"], ["broken", "1"], ["broken", "0"]]
+    assert json.loads((out / "eval" / "sft-test" / "summary.json").read_text())["n"] == 3
+    results = _load_script()
+    text, data = results.build(out)
+    broken = data["stage_times"]["broken"]
+    assert broken["parts"] == 2 and broken["failed"] == 1 and broken["seconds"] >= 1
+    assert f"| broken | {broken['seconds'] / 60:.1f} | 2 | 1 |" in text
+    assert list(data["stage_times"]) == ["eval/sft-test", "broken"]
+    (out / "logs" / "times.tsv").write_text("eval/sft-test\tlong\n")
+    with pytest.raises(SystemExit, match="times.tsv:1"):
+        results.build(out)
