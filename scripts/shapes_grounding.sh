@@ -3,7 +3,7 @@
 # CPU-sized model with its vision tower pretrained (2,500 steps of perception), then three stages of
 # `rsagent train ground` in the episode's own words with the whole pretrained tower kept
 # (configs/ground_shapes_cpu.yaml):
-#   base        random weights, then 2,500 steps of perception pretraining (~18-27 min)
+#   base        random weights, then 2,500 steps of perception pretraining (VISION_STEPS; ~13 min beside synthesis)
 #   ground-1    every single-target attribute query ("the small red circle"), 1-8 shapes (~40 min)
 #   ground-2    the same on 2-8 shapes throughout, half the learning rate (~15 min)
 #   ground-mix  the dataset's own `train` queries of every kind (reasoning, groups, absent) (~30 min)
@@ -21,6 +21,9 @@ shift $(( $# < 1 ? $# : 1 ))
 RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 THREADS=${THREADS:-1}  # the ground stages' torch threads (scripts/train_shapes.sh: 2, nothing runs beside them)
+# perception pretraining's steps: kind read off the tokens still rises at 2,500 (docs/shapes.md (n)); a base with
+# another count is another "pretrained" model, so every later stage differs
+VISION_STEPS=${VISION_STEPS:-2500}
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 
@@ -30,7 +33,7 @@ if [ ! -f "$OUT/base/model.safetensors" ]; then
     say "base model -> $OUT/base $resume"
     device=(); flags=("$@")  # the training commands' --device, if given, is the perception stage's too
     for i in "${!flags[@]}"; do [ "${flags[$i]}" = --device ] && device=(--device "${flags[$((i + 1))]}"); done
-    timed base $RS shapes model --out "$OUT/base" --vision-steps 2500 --rescale-visual $resume "${device[@]}"
+    timed base $RS shapes model --out "$OUT/base" --vision-steps "$VISION_STEPS" --rescale-visual $resume "${device[@]}"
 fi
 # the stages stop at fixed steps of longer schedules (the first's in the config: 2625 of 5000, as measured in
 # docs/shapes.md (n)); --stop-after replays them step for step on a machine of any speed
