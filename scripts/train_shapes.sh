@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
-# The whole recipe on the shapes domain, from random weights, on a 2-core CPU (docs/results.md):
+# The whole recipe on the shapes domain, from random weights, on a 2-core CPU (docs/results.md). Minutes are
+# the run from scratch of 2026-11-29 (r) (docs/training.md), 1 h 59 min in all:
 #   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained
-#              for 2,500 steps, ~15-27 min), then three `rsagent train ground` stages that teach it to box the
-#              queried shape in the episode's words, the tower kept (~95 min): the stand-in for a pretrained
-#              VLM's grounding
-#   2. synth   rsagent synth --dataset shapes --split train:5000     expert trajectories (~10 min)
+#              for 2,500 steps, 12 min), then three `rsagent train ground` stages that teach it to box the
+#              queried shape in the episode's words, the tower kept (28 + 7 + 20 min): the stand-in for a
+#              pretrained VLM's grounding
+#   2. synth   rsagent synth --dataset shapes --split train:5000     expert trajectories (6.5 min, on the second
+#              core beside the base model)
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision   cold-start SFT,
-#              the tower kept (~55 min)
+#              the tower kept (32 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
-#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best)
-#              (~19 min on two threads, 32 on one beside another job)
-#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes for SFT and SFT + RL (2-3 min a split,
-#              the two models side by side)
+#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best) (16 min)
+#   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes for SFT and SFT + RL (3 min, the two
+#              models side by side)
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe-h] [SEED=0] [--device cuda]
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
-# script can be run again after a session ends. Synthesis runs on the second core beside the base model's
-# pretraining; every later stage runs alone on THREADS=2 threads. Time on the 2-core machine: about 3.4 h
-# when every stage ran on one thread beside another job (docs/training.md "2026-11-29 (p)"); with two
-# threads RL took 19 min against 32, grounding and SFT 0.64 of one thread's time, so about 2.3 h
-# (docs/training.md "2026-11-29 (q)", an estimate: not yet timed in one go). SEED seeds SFT and RL; the
-# grounding stages are the one "pretrained" model every seed starts from. Extra flags go to the training
-# commands (for example --device cuda on a GPU machine).
+# script can be run again after a session ends; each stage's minutes, a line per part, go to
+# OUT/logs/times.tsv. Synthesis runs on the second core beside the base model's pretraining; every later
+# stage runs alone on THREADS=2 threads. On this machine one thread or two give the same result bit for bit
+# (the run from scratch matched an earlier run on one thread, weights and scores). SEED seeds SFT and
+# RL; the grounding stages are the one "pretrained" model every seed starts from. Extra flags go to the
+# training commands (for example --device cuda on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe-h}
