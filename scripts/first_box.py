@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from rsagent.core.mask import box_iou
+from rsagent.data.shapes import parse_split
 from rsagent.eval.metrics import aggregate, get_protocol, paired_difference
 from rsagent.eval.results import read_results, safe_name
 
@@ -50,7 +51,7 @@ def read_manifest(folder: Path) -> tuple[Path, str, dict[str, dict]]:
     """The shapes split an eval folder ran on: (dataset root, split name, manifest rows by sample id)."""
     config = json.loads((folder / "run.json").read_text())["config"]["dataset"]
     root = Path(config["root"])
-    split = config["split"].split(":")[0]
+    split = parse_split(config["split"])[0]
     manifest = {}
     for line in (root / split / "manifest.jsonl").read_text().splitlines():
         row = json.loads(line)
