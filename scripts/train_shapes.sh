@@ -16,6 +16,11 @@
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe-h] [SEED=0] [--device cuda]
 #
+# The shipped agent (src/rsagent/agents/shapes_demo) is this recipe with a perception stage twice as long:
+#   VISION_STEPS=5000 bash scripts/train_shapes.sh runs/recipe-v5000
+# (session (s): SFT + RL test gIoU 0.382 against 0.336; the base 24 min beside synthesis, the rest as above, about
+# 2 h 10 min in all; docs/shapes.md "2026-11-29 (s)"). docs/results.md's ablation is the default recipe's.
+#
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
 # script can be run again after a session ends; each stage's minutes, a line per part, go to
 # OUT/logs/times.tsv. Synthesis runs on the second core beside the base model's pretraining; every later
