@@ -7,14 +7,14 @@
 # expert (8 turns) and box-only (ground-truth boxes, then submit) for scale; SFT + RL for more training
 # seeds (SEEDS="1": SFT and RL each with that seed); then docs/results.md's tables and plot (scripts/shapes_results.py).
 #
-#   bash scripts/ablation_shapes.sh [OUT=runs/recipe-h] [--device cuda]
+#   bash scripts/ablation_shapes.sh [OUT=runs/recipe] [--device cuda]
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. Two
-# lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). Measured on runs/recipe-h (session q,
-# one thread a job): every arm but the extra seeds took 66 min of wall time (RL without the final reward 35
-# min, RL only from the grounded model 10, from the untrained model 7; the untrained models' evaluations 12-13
-# min a split, the grounded model's 3, an SFT or RL model's 1-3; the oracle bench 6 a split); the SFT seed
-# takes 50-80 min and its RL seed 17-32 more, on the second lane, so about 2 h in all after the recipe.
+# lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). Measured on runs/recipe-v5000
+# (sessions s-t, one thread a job, OUT/logs/times.tsv): RL without the final reward 21 min, RL only from the
+# grounded model 10, from the untrained model 6; the untrained model's evaluations 10 min a split, the grounded
+# model's and RL only's 3-5, an SFT or RL model's 1-2; the oracle bench about 6 a split; the SFT seed 33 min
+# alone (59 beside two other jobs) and its RL seed 19 more, on the second lane: about 2 h in all after the recipe.
 # "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
 # (default 3): that model writes no parseable call, so every group's rewards are equal and GRPO has nothing
 # to learn from (its log says so: episodes_trained 0). "RL only" from
@@ -22,7 +22,7 @@
 # submits, so most episodes play all 8 turns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/recipe-h}
+OUT=${1:-runs/recipe}
 shift $(( $# < 1 ? $# : 1 ))
 export RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

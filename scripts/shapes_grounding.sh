@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Grounding on shapes, the measured route (docs/shapes.md, "2026-11-27 (g)", "2026-11-28 (i)" and "(n)"): the
-# CPU-sized model with its vision tower pretrained (2,500 steps of perception), then three stages of
+# CPU-sized model with its vision tower pretrained (5,000 steps of perception), then three stages of
 # `rsagent train ground` in the episode's own words with the whole pretrained tower kept
 # (configs/ground_shapes_cpu.yaml):
-#   base        random weights, then 2,500 steps of perception pretraining (VISION_STEPS; ~13 min beside synthesis)
-#   ground-1    every single-target attribute query ("the small red circle"), 1-8 shapes (~40 min)
-#   ground-2    the same on 2-8 shapes throughout, half the learning rate (~15 min)
-#   ground-mix  the dataset's own `train` queries of every kind (reasoning, groups, absent) (~30 min)
-# About 2 hours of one thread beside another job. OUT/ground-mix is the grounded model the recipe's SFT
-# starts from (`--policy qwen --model OUT/ground-mix` answers in one turn); each stage's result.json holds
-# picked-right and box IoU on 600 held-out `test` queries beside the random-shape and colour-only baselines.
+#   base        random weights, then 5,000 steps of perception pretraining (VISION_STEPS; 24 min beside synthesis)
+#   ground-1    every single-target attribute query ("the small red circle"), 1-8 shapes (24 min)
+#   ground-2    the same on 2-8 shapes throughout, half the learning rate (7 min)
+#   ground-mix  the dataset's own `train` queries of every kind (reasoning, groups, absent) (16 min)
+# Minutes on 2 threads (runs/recipe-v5000, session (s)); about twice as long on one thread beside another job.
+# OUT/ground-mix is the grounded model the recipe's SFT starts from (`--policy qwen --model OUT/ground-mix`
+# answers in one turn); each stage's result.json holds picked-right and box IoU on 600 held-out `test` queries
+# beside the random-shape and colour-only baselines.
 #
 #   bash scripts/shapes_grounding.sh [OUT=runs/shapes-grounding] [extra rsagent train ground flags...]
 #
@@ -21,11 +22,11 @@ shift $(( $# < 1 ? $# : 1 ))
 RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 THREADS=${THREADS:-1}  # the ground stages' torch threads (scripts/train_shapes.sh: 2, nothing runs beside them)
-# perception pretraining's steps: kind read off the tokens still rises at 2,500 (docs/shapes.md (n)); a base with
-# another count is another "pretrained" model, so every later stage differs. 5,000 (24 min) made the shipped agent
-# (SFT + RL test gIoU 0.382 against 0.336, docs/shapes.md "2026-11-29 (s)"); 2,500 stays the default until the
-# ablation in docs/results.md is rerun on it
-VISION_STEPS=${VISION_STEPS:-2500}
+# perception pretraining's steps. A base with another count is another "pretrained" model, so every later stage
+# differs: 5,000 (24 min) makes the shipped agent and docs/results.md (SFT + RL test gIoU 0.382 against 2,500
+# steps' 0.336, docs/shapes.md "2026-11-29 (s)"); kind read off the tokens rose from 0.34 at 2,500 steps to 0.45 at
+# 5,000 (docs/shapes.md (r)), so longer may help again
+VISION_STEPS=${VISION_STEPS:-5000}
 mkdir -p "$OUT"
 source scripts/shapes_lib.sh
 

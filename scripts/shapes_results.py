@@ -126,7 +126,9 @@ def build(out: Path) -> tuple[str, dict]:
                    ("SFT only - grounded", "ground-mix", "sft"),
                    ("RL only from the untrained model - untrained", "base", "rl-untrained"),
                    ("RL only - grounded", "ground-mix", "rl-only"),
-                   ("SFT + RL - SFT only", "sft", "rl"), ("SFT + RL - grounded", "ground-mix", "rl")]
+                   ("SFT + RL - SFT only", "sft", "rl"), ("SFT + RL - grounded", "ground-mix", "rl"),
+                   # does SFT still add anything once RL runs? (RL only runs fewer steps: RL_ONLY_STEPS)
+                   ("SFT + RL - RL only from the grounded model", "rl-only", "rl")]
     comparisons += [(f"SFT only (seed {k}) - untrained", "base", name) for k, name in extra_seeds(out, "sft")]
     comparisons += [(f"SFT + RL (seed {k}) - SFT only", "sft", name) for k, name in extra_seeds(out, "rl")]
     comparisons += [("SFT + RL - SFT + RL without the final reward", "rl-nofinal", "rl")]

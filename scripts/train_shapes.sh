@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # The whole recipe on the shapes domain, from random weights, on a 2-core CPU (docs/results.md). Minutes are
-# the run from scratch of 2026-11-29 (r) (docs/training.md), 1 h 59 min in all:
+# runs/recipe-v5000's stages (session (s), docs/shapes.md "2026-11-29 (s)"), about 2 h 10 min in all:
 #   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained
-#              for 2,500 steps, 12 min), then three `rsagent train ground` stages that teach it to box the
-#              queried shape in the episode's words, the tower kept (28 + 7 + 20 min): the stand-in for a
+#              for 5,000 steps, 24 min), then three `rsagent train ground` stages that teach it to box the
+#              queried shape in the episode's words, the tower kept (24 + 7 + 16 min): the stand-in for a
 #              pretrained VLM's grounding
 #   2. synth   rsagent synth --dataset shapes --split train:5000     expert trajectories (6.5 min, on the second
 #              core beside the base model)
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision   cold-start SFT,
-#              the tower kept (32 min)
+#              the tower kept (33 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
-#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best) (16 min)
+#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best) (17 min)
 #   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes for SFT and SFT + RL (3 min, the two
 #              models side by side)
 #
-#   bash scripts/train_shapes.sh [OUT=runs/recipe-h] [SEED=0] [--device cuda]
+#   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
 #
-# The shipped agent (src/rsagent/agents/shapes_demo) is this recipe with a perception stage twice as long:
-#   VISION_STEPS=5000 bash scripts/train_shapes.sh runs/recipe-v5000
-# (session (s): SFT + RL test gIoU 0.382 against 0.336; the base 24 min beside synthesis, the rest as above, about
-# 2 h 10 min in all; docs/shapes.md "2026-11-29 (s)"). docs/results.md's ablation is the default recipe's.
+# The shipped agent (src/rsagent/agents/shapes_demo) is this recipe's SFT + RL model (`bash
+# scripts/train_shapes.sh runs/recipe-v5000`, session (s)), and docs/results.md its ablation. VISION_STEPS=2500
+# is the earlier recipe (runs/recipe-h: SFT + RL 0.336 against 0.382; its run from scratch of session (r) took
+# 1 h 59 min, docs/training.md).
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
 # script can be run again after a session ends; each stage's minutes, a line per part, go to
@@ -30,7 +30,7 @@
 # training commands (for example --device cuda on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/recipe-h}
+OUT=${1:-runs/recipe}
 SEED=${2:-0}
 shift $(( $# < 2 ? $# : 2 ))
 export RS=${RS:-.venv/bin/rsagent}

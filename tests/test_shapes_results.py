@@ -45,6 +45,7 @@ def test_results_page_from_real_eval_folders(tmp_path):
     assert "| RL only (from the untrained model) | not run | not run | not run | not run |" in text
     assert "| SFT only, seed 1 | not run | not run | not run | not run |" in text
     assert data["paired"]["SFT only (seed 1) - untrained"] == {"test": None, "test-novel": None}
+    assert data["paired"]["SFT + RL - RL only from the grounded model"] == {"test": None, "test-novel": None}
     expected = compare_runs(evals / "sft-test", evals / "rl-test")
     assert data["paired"]["SFT + RL - SFT only"]["test"]["gIoU"] == expected["gIoU"]
     assert f"{expected['gIoU']['diff']:+.3f}" in text

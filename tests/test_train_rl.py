@@ -221,11 +221,12 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(taught_folder, tmp_pat
         _run(tmp_path, "parts", folder, gallery_steps=0)  # a used folder without --resume is refused
     with pytest.raises(RsagentError, match="lr"):
         _run(tmp_path, "parts", folder, gallery_steps=0, resume=True, lr=5e-4)  # weights-shaping change refused
-    _run(tmp_path, "parts", folder, gallery_steps=0, resume=True)
-    a, b = _weights(straight), _weights(parts)
+    moved = parts.rename(tmp_path / "moved")  # a run folder moved (or copied) elsewhere resumes there
+    _run(tmp_path, "moved", folder, gallery_steps=0, resume=True)
+    a, b = _weights(straight), _weights(moved)
     assert all(torch.equal(a[k], b[k]) for k in a)
     log_a = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
-    log_b = [json.loads(x) for x in (parts / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (moved / "log.jsonl").read_text().splitlines()]
     assert [r["reward"] for r in log_a] == [r["reward"] for r in log_b]
     assert log_a[-1]["episodes_trained"] > 0  # the resumed step did train
 

@@ -192,10 +192,11 @@ def read_config(path: str | Path) -> dict:
 
 
 def resume_differences(stored: dict, config, resumable: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
-    """Settings that differ from the run being resumed and may not (`resumable` ones may)."""
+    """Settings that differ from the run being resumed and may not (`resumable` ones may). `out` always may:
+    the folder being resumed is the run, wherever it was first written (a moved or copied run resumes)."""
     now = config.to_dict()
     return [f"{k}: {stored.get(k, '(unset)')!r} then, {now.get(k, '(unset)')!r} now"
-            for k in sorted(set(stored) | set(now)) if k not in resumable and stored.get(k) != now.get(k)]
+            for k in sorted(set(stored) | set(now)) if k not in resumable | {"out"} and stored.get(k) != now.get(k)]
 
 
 def replace(config, **changes):
