@@ -11,15 +11,16 @@
 #
 # Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. Two
 # lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). Measured on runs/recipe-v5000
-# (sessions s-t, one thread a job, OUT/logs/times.tsv): RL without the final reward 21 min, RL only from the
-# grounded model 10, from the untrained model 6; the untrained model's evaluations 10 min a split, the grounded
-# model's and RL only's 3-5, an SFT or RL model's 1-2; the oracle bench about 6 a split; the SFT seed 33 min
-# alone (59 beside two other jobs) and its RL seed 19 more, on the second lane: about 2 h in all after the recipe.
+# (sessions s-t, one thread a job, OUT/logs/times.tsv; RL arms 60 steps): RL without the final reward 41 min,
+# RL only from the grounded model about 47, from the untrained model 6; the untrained model's evaluations 10 min
+# a split, the grounded model's and RL only's 3-5, an SFT or RL model's 1-2; the oracle bench about 6 a split;
+# the SFT seed 33 min alone (59 beside two other jobs) and its RL seed 35 more, on the second lane: about
+# 2 h of wall time after the recipe, the two lanes side by side.
 # "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
 # (default 3): that model writes no parseable call, so every group's rewards are equal and GRPO has nothing
 # to learn from (its log says so: episodes_trained 0). "RL only" from
-# the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 10): that model rarely
-# submits, so most episodes play all 8 turns.
+# the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 60, as many as SFT + RL's RL,
+# about 47 min): that model rarely submits, so most episodes play all 8 turns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe}
@@ -28,7 +29,7 @@ export RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export EVAL_N=${EVAL_N:-500}
 SEEDS=${SEEDS:-"1"}
-RL_ONLY_STEPS=${RL_ONLY_STEPS:-10}
+RL_ONLY_STEPS=${RL_ONLY_STEPS:-60}
 RL_UNTRAINED_STEPS=${RL_UNTRAINED_STEPS:-3}
 
 bash scripts/train_shapes.sh "$OUT" 0 "$@"

@@ -23,7 +23,7 @@ RS=${RS:-.venv/bin/rsagent}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 THREADS=${THREADS:-1}  # the ground stages' torch threads (scripts/train_shapes.sh: 2, nothing runs beside them)
 # perception pretraining's steps. A base with another count is another "pretrained" model, so every later stage
-# differs: 5,000 (24 min) makes the shipped agent and docs/results.md (SFT + RL test gIoU 0.382 against 2,500
+# differs: 5,000 (24 min) makes the shipped agent and docs/results.md (SFT + RL test gIoU 0.382 at 30 RL steps against 2,500
 # steps' 0.336, docs/shapes.md "2026-11-29 (s)"); kind read off the tokens rose from 0.34 at 2,500 steps to 0.45 at
 # 5,000 (docs/shapes.md (r)), so longer may help again
 VISION_STEPS=${VISION_STEPS:-5000}

@@ -127,7 +127,7 @@ def build(out: Path) -> tuple[str, dict]:
                    ("RL only from the untrained model - untrained", "base", "rl-untrained"),
                    ("RL only - grounded", "ground-mix", "rl-only"),
                    ("SFT + RL - SFT only", "sft", "rl"), ("SFT + RL - grounded", "ground-mix", "rl"),
-                   # does SFT still add anything once RL runs? (RL only runs fewer steps: RL_ONLY_STEPS)
+                   # does SFT still add anything once RL runs? (RL only runs RL_ONLY_STEPS steps: 60, as many as SFT + RL)
                    ("SFT + RL - RL only from the grounded model", "rl-only", "rl")]
     comparisons += [(f"SFT only (seed {k}) - untrained", "base", name) for k, name in extra_seeds(out, "sft")]
     comparisons += [(f"SFT + RL (seed {k}) - SFT only", "sft", name) for k, name in extra_seeds(out, "rl")]

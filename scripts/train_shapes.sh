@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole recipe on the shapes domain, from random weights, on a 2-core CPU (docs/results.md). Minutes are
-# runs/recipe-v5000's stages (session (s), docs/shapes.md "2026-11-29 (s)"), about 2 h 10 min in all:
+# runs/recipe-v5000's stages (sessions s-t, docs/shapes.md "2026-11-29 (s)" and "(t)"), about 2 h 25 min in all:
 #   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained
 #              for 5,000 steps, 24 min), then three `rsagent train ground` stages that teach it to box the
 #              queried shape in the episode's words, the tower kept (24 + 7 + 16 min): the stand-in for a
@@ -10,15 +10,16 @@
 #   3. sft     rsagent train sft --config configs/sft_shapes_cpu.yaml --lr 1e-3 --freeze-vision   cold-start SFT,
 #              the tower kept (33 min)
 #   4. rl      rsagent train rl --config configs/rl_shapes_cpu.yaml --exclude-kinds   GRPO on whole
-#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best) (17 min)
+#              episodes, every query kind; the checkpoint with the best held-out gIoU is kept (keep_best) (60 steps: 17 min for the first 30, 15.5 for the rest)
 #   5. eval    rsagent eval on 500 `test` and 500 `test-novel` scenes for SFT and SFT + RL (3 min, the two
 #              models side by side)
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
 #
 # The shipped agent (src/rsagent/agents/shapes_demo) is this recipe's SFT + RL model (`bash
-# scripts/train_shapes.sh runs/recipe-v5000`, session (s)), and docs/results.md its ablation. VISION_STEPS=2500
-# is the earlier recipe (runs/recipe-h: SFT + RL 0.336 against 0.382; its run from scratch of session (r) took
+# scripts/train_shapes.sh runs/recipe-v5000`, sessions s-t; its RL ran 30 steps, then was resumed to the 60
+# configs/rl_shapes_cpu.yaml now has), and docs/results.md its ablation. VISION_STEPS=2500
+# is the earlier recipe (runs/recipe-h: SFT + RL 0.336 against 0.382, both at 30 RL steps; its run from scratch of session (r) took
 # 1 h 59 min, docs/training.md).
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the

@@ -366,5 +366,5 @@ def test_the_shipped_rl_configs_load():
     # the settings docs/training.md measured ("Q2"): targets only, KL to the SFT policy, both held-out readings
     assert cpu.exclude_kinds == ["absent"] and cpu.kl_coef == 0.05 and cpu.eval_sampled and cpu.keep_best
     assert cpu.save_steps % cpu.eval_steps == 0  # every saved step was evaluated: keep_best can pick it
-    assert (cpu.prompts_per_step, cpu.group_size, cpu.max_steps) == (8, 8, 30)
+    assert (cpu.prompts_per_step, cpu.group_size, cpu.max_steps) == (8, 8, 60)  # 60 since 2026-11-29 (u)
     assert big.lora and big.segmenter == "sam2" and big.prompts_per_step % 8 == 0
