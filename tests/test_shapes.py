@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -14,8 +16,8 @@ from rsagent.core.mask import decode_rle
 from rsagent.data import load_dataset
 from rsagent.data.shapes import parse_split, write_split
 from rsagent.data.shapes import queries as Q
-from rsagent.data.shapes.generate import HELD_OUT_PAIRS, HELD_OUT_RELATIONS, SPLITS, generate
-from rsagent.data.shapes.scene import COLOURS, KINDS, MIN_PIXELS, plural
+from rsagent.data.shapes.generate import HELD_OUT_PAIRS, HELD_OUT_RELATIONS, SPLITS, VERSION, ShapesConfig, generate
+from rsagent.data.shapes.scene import COLOURS, KINDS, MIN_PIXELS, SIZES, plural
 
 
 def test_the_domain_has_the_kinds_and_colours_asked_for():
@@ -83,6 +85,45 @@ def _independent(query: str, graph: dict) -> list[int] | None:
         centres = [(s["box"][0] + s["box"][2]) / 2 for s in shapes]
         return [shapes[int(np.argmin(centres))]["id"]]
     return None
+
+
+def test_version_2_changed_only_the_absent_samples():
+    """Generator version 2 (absent queries in every attribute form) draws every other sample as version 1 did:
+    the hash of the first 300 `test` samples that are not absent (268 of them), taken with version 1's code."""
+    digest, kept = hashlib.sha256(), 0
+    for index in range(300):
+        s = generate("test", index)
+        if s.kind != "absent":
+            digest.update(json.dumps([s.sample_id, s.kind, s.query, s.targets, s.scene.graph()], sort_keys=True).encode())
+            kept += 1
+    assert VERSION == 2
+    assert (kept, digest.hexdigest()) == (268, "848909298d66b75ebbcd9d26cd0257a614df5cf0c96366fd3024a45a7e4a0066")
+
+
+def test_the_words_of_an_attribute_query_do_not_tell_whether_its_target_exists():
+    """Absent queries come in the five attribute forms, about as often as attribute queries do: the share of
+    absent queries is about the same in every form (version 1 put every absent query in one form, "the red
+    pentagon", where two queries in three were absent). Each absent query names no shape, and a size word is
+    never a near call for a shape of that colour and kind."""
+    config = ShapesConfig(mix=(("attribute", 2.0), ("absent", 1.0)))
+    counts: Counter = Counter()
+    for index in range(450):
+        s = generate("train", index, config)
+        form = Q.desc_form(s.program["desc"])
+        counts[form, s.kind] += 1
+        if s.kind == "absent":
+            assert Q.resolve(s.program, s.scene) == [] and Q.parse(s.query) == s.program
+            size, colour, kind = s.program["desc"]
+            if size is not None:
+                lo, hi = (f * s.scene.size for f in SIZES[size])
+                for shape in Q.matches((None, colour, kind), s.scene.shapes):
+                    assert shape.radius >= hi * Q.SIZE_RATIO or shape.radius * Q.SIZE_RATIO <= lo, s.query
+    forms = {"kind", "colour", "colour kind", "size colour kind", "size kind"}
+    assert {form for form, _ in counts} == forms
+    absent_share = sum(v for (_, kind), v in counts.items() if kind == "absent") / 450
+    for form in forms:
+        n = counts[form, "attribute"] + counts[form, "absent"]
+        assert n >= 20 and abs(counts[form, "absent"] / n - absent_share) < 0.17, (form, counts)
 
 
 def test_simple_queries_agree_with_an_independent_reading_of_the_scene_graph():
@@ -161,6 +202,20 @@ def test_a_written_split_loads_as_shapes_and_as_a_manifest_with_the_same_ground_
     # a longer request regenerates; the first samples stay the same
     longer = load_dataset("shapes", tmp_path, "test:8")
     assert [x.query for x in longer[:6]] == [x.query for x in shapes]
+
+
+def test_a_split_drawn_by_another_generator_version_is_rewritten_with_a_warning(tmp_path):
+    write_split(tmp_path / "test", "test", 4)
+    info = tmp_path / "test" / "shapes.json"
+    stored = json.loads(info.read_text())
+    stored["config"]["version"] = VERSION - 1
+    info.write_text(json.dumps(stored))
+    manifest = tmp_path / "test" / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('"query": "', '"query": "stale '))  # what version 1 drew
+    with pytest.warns(UserWarning, match=f"generator version {VERSION - 1}, this is version {VERSION}: rewriting"):
+        samples = load_dataset("shapes", tmp_path, "test:3")
+    assert [s.query for s in samples] == [generate("test", i).query for i in range(3)]
+    assert json.loads(info.read_text())["config"]["version"] == VERSION
 
 
 def test_cli_make_then_score_the_ground_truth_and_eval_the_oracle(tmp_path, capsys):

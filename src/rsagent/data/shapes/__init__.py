@@ -1,7 +1,7 @@
 """The procedural `shapes` domain: scenes with scene graphs, checked queries, splits by seed (docs/shapes.md).
 
-`load_dataset("shapes", ROOT, "test")` lists `ROOT/test/`, writing it first when it is missing or
-shorter than asked (`"test:200"` asks for the first 200 samples, `"test:500-1000"` for samples 500..999).
+`load_dataset("shapes", ROOT, "test")` lists `ROOT/test/`, writing it first when it is missing, shorter than
+asked or drawn by another version of the generator (`generate.VERSION`) (`"test:200"` asks for the first 200 samples, `"test:500-1000"` for samples 500..999).
 A split folder is a plain manifest (`manifest.jsonl`, `images/`, `masks/`, `scenes/`), so `--dataset
 manifest --root ROOT/test` and any other tool read the same samples.
 """
@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from rsagent.core.errors import DatasetError
 from rsagent.core.image import save_image, save_mask
 from rsagent.data.base import Sample
-from rsagent.data.shapes.generate import DEFAULT_SIZES, SPLITS, ShapesConfig, ShapesSample, generate
+from rsagent.data.shapes.generate import DEFAULT_SIZES, SPLITS, VERSION, ShapesConfig, ShapesSample, generate
 
 INFO = "shapes.json"
 DEFAULT_ROOT = Path(os.environ.get("RSAGENT_SHAPES_ROOT", Path.home() / ".cache" / "rsagent" / "shapes"))
@@ -79,14 +80,20 @@ def write_split(out: str | Path, split: str, n: int, config: ShapesConfig = Shap
 
 def load_shapes(root: str | Path | None, split: str | None = None) -> list[Sample]:
     """Samples [start, stop) of a split under `root` (default: DEFAULT_ROOT); the folder holds samples 0..stop-1,
-    written first when it holds fewer."""
+    written first when it holds fewer or was drawn by another generator version (then rewritten whole, with
+    its stored scene config and mix, and a warning: its samples would not be this version's)."""
     from rsagent.data.manifest import load_manifest
 
     name, start, n = parse_split(split)
     folder = Path(root if root is not None else DEFAULT_ROOT) / name
     info = folder / INFO
-    have = json.loads(info.read_text())["n"] if info.is_file() else 0
+    stored = json.loads(info.read_text()) if info.is_file() else None
+    have = stored["n"] if stored else 0
+    if stored and stored["config"].get("version") != VERSION:
+        warnings.warn(f"{folder} was drawn by shapes generator version {stored['config'].get('version')}, this is "
+                      f"version {VERSION}: rewriting it", stacklevel=2)
+        have = 0
     if have < n:
-        config = ShapesConfig.from_dict(json.loads(info.read_text())["config"]) if info.is_file() else ShapesConfig()
+        config = ShapesConfig.from_dict(stored["config"]) if stored else ShapesConfig()
         write_split(folder, name, n, config)
     return load_manifest(folder)[start:n]

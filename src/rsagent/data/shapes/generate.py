@@ -23,7 +23,8 @@ HELD_OUT_RELATIONS = ("below",)
 DEFAULT_MIX = {"attribute": 0.2, "position": 0.1, "ordinal": 0.1, "relation": 0.15, "reasoning": 0.2,
                "multi": 0.15, "absent": 0.1}
 TOUCH_PREFERENCE = 3.0  # extra weight of a query whose target touches a same-coloured shape
-VERSION = 1  # bump when the same (split, index, config) would draw something else
+VERSION = 2  # bump when the same (split, index, config) would draw something else (2: absent queries in
+# every attribute form, 2026-11-29 (u); the other kinds draw as in 1)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ def generate(split: str, index: int, config: ShapesConfig = ShapesConfig()) -> S
         if keep:
             # prefer targets with a same-coloured shape touching them: a box alone bleeds into it
             weights = np.array([1.0 + TOUCH_PREFERENCE * _bleeds(scene, t) for _, t, _ in keep])
+            if kind == "absent":  # in the attribute queries' forms, as often: the form does not give it away
+                weights = np.asarray(Q.absent_weights([pr for pr, _, _ in keep], scene))
             program, targets, novel = keep[int(rng.choice(len(keep), p=weights / weights.sum()))]
             return ShapesSample(f"{split}-{index:06d}", split, index, scene, program, Q.text(program), kind,
                                 targets, novel)

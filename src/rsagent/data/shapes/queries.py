@@ -198,6 +198,47 @@ def _ordered_clear(cands: list[Shape], direction: str, rank: int) -> bool:
     return all(g >= POSITION_MARGIN for g in gaps)
 
 
+def desc_form(desc: Desc) -> str:
+    """Which words a description uses: "kind", "colour", "colour kind", "size colour kind" or "size kind"
+    (the five forms of an attribute query)."""
+    return " ".join(word for word, value in zip(("size", "colour", "kind"), desc) if value is not None)
+
+
+def _clearly_not_size(word: str, shapes: list[Shape], side: int) -> bool:
+    """No shape of `shapes` is `word`-sized or a near call: each radius is SIZE_RATIO outside the word's range."""
+    lo, hi = (f * side for f in SIZES[word])
+    return all(s.radius >= hi * SIZE_RATIO or s.radius * SIZE_RATIO <= lo for s in shapes)
+
+
+def _absent_descs(scene: Scene) -> list[Desc]:
+    """Descriptions in every attribute form that name no shape of `scene`, clearly: a kind or a colour no
+    shape has; a present colour with a present kind never seen together (else an unseen colour); a size word
+    no shape of that colour and kind (or of that kind) comes near."""
+    shapes = scene.shapes
+    present = {(s.colour, s.kind) for s in shapes}
+    colours, kinds = sorted({s.colour for s in shapes}), sorted({s.kind for s in shapes})
+    out: list[Desc] = [(None, None, k) for k in KINDS if k not in kinds]
+    out += [(None, c, None) for c in COLOURS if c not in colours]
+    pairs = [(None, c, k) for c in colours for k in kinds if (c, k) not in present]
+    out += pairs or [(None, c, k) for c in COLOURS for k in kinds if (c, k) not in present]
+    for word in SIZES:
+        out += [(word, c, k) for c in colours for k in kinds
+                if _clearly_not_size(word, matches((None, c, k), shapes), scene.size)]
+        out += [(word, None, k) for k in kinds if _clearly_not_size(word, matches((None, None, k), shapes), scene.size)]
+    return out
+
+
+def absent_weights(programs: list[dict], scene: Scene) -> list[float]:
+    """Weights for drawing one of `programs` (absent queries of `scene`) so that their forms come as often as
+    the forms of the scene's own attribute queries: the words a query uses then say nothing about whether its
+    target exists (docs/shapes.md, 2026-11-29 (u)). Uniform when the scene has no attribute query of any form
+    offered."""
+    attribute = [desc_form(p["desc"]) for p in candidates("attribute", scene)]
+    forms = [desc_form(p["desc"]) for p in programs]
+    weights = [attribute.count(f) / forms.count(f) for f in forms]
+    return weights if sum(weights) > 0 else [1.0] * len(programs)
+
+
 def candidates(kind: str, scene: Scene) -> list[dict]:
     """Every program of query kind `kind` that names its targets clearly in `scene`."""
     shapes = scene.shapes
@@ -206,12 +247,7 @@ def candidates(kind: str, scene: Scene) -> list[dict]:
         for s in shapes:
             out += [{"op": "the", "desc": d} for d in _descs_of(s) if _clear_unique(d, s, shapes)]
     elif kind == "absent":
-        present = {(s.colour, s.kind) for s in shapes}
-        colours = sorted({s.colour for s in shapes})
-        kinds = sorted({s.kind for s in shapes})
-        out = [{"op": "the", "desc": (None, c, k)} for c in colours for k in kinds if (c, k) not in present]
-        if not out:  # every present colour goes with every present kind: name an unseen colour or kind
-            out = [{"op": "the", "desc": (None, c, k)} for c in COLOURS for k in kinds if (c, k) not in present]
+        out = [{"op": "the", "desc": d} for d in _absent_descs(scene)]
     elif kind == "multi":
         descs = {d for s in shapes for d in [(None, s.colour, None), (None, None, s.kind), (None, s.colour, s.kind)]}
         out = [{"op": "all", "desc": d} for d in sorted(descs, key=str) if len(matches(d, shapes)) >= 2]
