@@ -156,10 +156,10 @@ def generate(split: str, index: int, config: ShapesConfig = ShapesConfig()) -> S
                 continue
             keep.append((program, targets, novel))
         if keep:
-            # prefer targets with a same-coloured shape touching them: a box alone bleeds into it
-            weights = np.array([1.0 + TOUCH_PREFERENCE * _bleeds(scene, t) for _, t, _ in keep])
             if kind == "absent":  # in the attribute queries' forms, as often: the form does not give it away
                 weights = np.asarray(Q.absent_weights([pr for pr, _, _ in keep], scene))
+            else:  # prefer targets with a same-coloured shape touching them: a box alone bleeds into it
+                weights = np.array([1.0 + TOUCH_PREFERENCE * _bleeds(scene, t) for _, t, _ in keep])
             program, targets, novel = keep[int(rng.choice(len(keep), p=weights / weights.sum()))]
             return ShapesSample(f"{split}-{index:06d}", split, index, scene, program, Q.text(program), kind,
                                 targets, novel)
