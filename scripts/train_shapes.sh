@@ -16,11 +16,12 @@
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
 #
-# The shipped agent (src/rsagent/agents/shapes_demo) is this recipe's SFT + RL model (`bash
-# scripts/train_shapes.sh runs/recipe-v5000`, sessions s-t; its RL ran 30 steps, then was resumed to the 60
-# configs/rl_shapes_cpu.yaml now has), and docs/results.md its ablation. VISION_STEPS=2500
-# is the earlier recipe (runs/recipe-h: SFT + RL 0.336 against 0.382, both at 30 RL steps; its run from scratch of session (r) took
-# 1 h 59 min, docs/training.md).
+# The shipped agent (src/rsagent/agents/shapes_demo) is this recipe's SFT + RL model on shapes generator
+# version 2 (`bash scripts/train_shapes.sh runs/recipe-v2`, sessions u-v: the base, ground-1 and ground-2 copied
+# from runs/recipe-v5000, which see attribute queries only, the same under both versions; RL 44.5 min beside the
+# ablation), and docs/results.md its ablation. runs/recipe-v5000 is the same recipe on version 1 (its page: commit
+# cab1c41). VISION_STEPS=2500 is the earlier recipe (runs/recipe-h: SFT + RL 0.336 against 0.382, both at 30 RL
+# steps; its run from scratch of session (r) took 1 h 59 min, docs/training.md).
 #
 # Every stage is skipped when its output is complete and resumed where it stopped otherwise, so the
 # script can be run again after a session ends; each stage's minutes, a line per part, go to
