@@ -1,7 +1,8 @@
 """The procedural `shapes` domain: scenes with scene graphs, checked queries, splits by seed (docs/shapes.md).
 
 `load_dataset("shapes", ROOT, "test")` lists `ROOT/test/`, writing it first when it is missing, shorter than
-asked or drawn by another version of the generator (`generate.VERSION`) (`"test:200"` asks for the first 200 samples, `"test:500-1000"` for samples 500..999).
+asked (`"test:200"` asks for the first 200 samples, `"test:500-1000"` for samples 500..999) or drawn by another
+version of the generator (`generate.VERSION`).
 A split folder is a plain manifest (`manifest.jsonl`, `images/`, `masks/`, `scenes/`), so `--dataset
 manifest --root ROOT/test` and any other tool read the same samples.
 """
