@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The published ablation on shapes (docs/results.md), after the recipe (scripts/train_shapes.sh, run first
-# by this script when its stages are not done):
+# The published ablation on shapes (docs/results.md), around the recipe (scripts/train_shapes.sh, whose
+# stages it runs when they are not done):
 #   untrained | grounded (before SFT) | SFT only | RL only (from the untrained model) |
 #   RL only (from the grounded model) | SFT + RL | SFT + RL without the final reward
 # each on 500 `test` and 500 `test-novel` scenes; the SFT + RL agent at 1, 2, 4 and 8 turns; the oracle
@@ -9,18 +9,18 @@
 #
 #   bash scripts/ablation_shapes.sh [OUT=runs/recipe] [--device cuda]
 #
-# Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. Two
-# lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log). Measured on runs/recipe-v5000
-# (sessions s-t, one thread a job, OUT/logs/times.tsv; RL arms 60 steps): RL without the final reward 41 min,
-# RL only from the grounded model about 47, from the untrained model 6; the untrained model's evaluations 10 min
-# a split, the grounded model's and RL only's 3-5, an SFT or RL model's 1-2; the oracle bench about 6 a split;
-# the SFT seed 33 min alone (59 beside two other jobs) and its RL seed 35 more, on the second lane: about
-# 2 h of wall time after the recipe, the two lanes side by side.
+# Resumable like the recipe: finished stages are skipped, interrupted training and evaluation resume. The
+# recipe runs up to SFT, then two lanes, one a core (logs of the second in OUT/logs/ablation-lane2.log), each
+# about 2 h 50 min by runs/recipe-v2's stages (session (v), one thread a job, OUT/logs/times.tsv; RL arms 60
+# steps). First lane: the recipe's RL 44.5 min, RL only from the grounded model 43.5, RL without the final
+# reward 50, their evaluations 3-5 min a split, the oracle bench about 6 a split, the turn budgets. Second
+# lane: the untrained model's evaluations 10 min a split, the grounded model's 4, RL from the untrained model 6
+# and its evaluations 20, the SFT seed 57 and its RL seed 54 (beside the first lane).
 # "RL only" as the published ablation has it, from the untrained model, runs RL_UNTRAINED_STEPS steps
 # (default 3): that model writes no parseable call, so every group's rewards are equal and GRPO has nothing
 # to learn from (its log says so: episodes_trained 0). "RL only" from
 # the grounded model, the one SFT starts from, runs RL_ONLY_STEPS steps (default 60, as many as SFT + RL's RL,
-# about 47 min): that model rarely submits, so most episodes play all 8 turns.
+# about 45 min): that model rarely submits, so most episodes play all 8 turns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipe}
@@ -32,13 +32,15 @@ SEEDS=${SEEDS:-"1"}
 RL_ONLY_STEPS=${RL_ONLY_STEPS:-60}
 RL_UNTRAINED_STEPS=${RL_UNTRAINED_STEPS:-3}
 
-bash scripts/train_shapes.sh "$OUT" 0 "$@"
+# the recipe up to its SFT model: everything on the second lane needs only that and the grounded model
+UNTIL=sft bash scripts/train_shapes.sh "$OUT" 0 "$@"
 
 source scripts/shapes_lib.sh
 
-# Two lanes (`beside`, scripts/shapes_lib.sh). The second core: the untrained and grounded models'
+# Two lanes (`beside`, scripts/shapes_lib.sh), from SFT on. The second core: the untrained and grounded models'
 # evaluations, RL from the untrained model and its evaluations (these three play all 8 turns), then the
-# other seeds: SFT seed K from the grounded model, RL seed K from the seed-0 SFT model.
+# other seeds: SFT seed K from the grounded model, RL seed K from the seed-0 SFT model. The first: the rest of
+# the recipe (RL, the SFT and RL evaluations) on one thread, then the RL arms, the oracle and the turn budgets.
 second_lane() {
     evaluate_stages base ground-mix
     train "$OUT/rl-untrained" 0 rl "${RL_ARGS[@]}" --model "$OUT/base" --max-steps "$RL_UNTRAINED_STEPS" "$@"
@@ -51,6 +53,7 @@ second_lane() {
     done
 }
 beside "$OUT/logs/ablation-lane2.log" second_lane "$@"
+THREADS=1 bash scripts/train_shapes.sh "$OUT" 0 "$@"
 train "$OUT/rl-only" 0 rl "${RL_ARGS[@]}" --model "$OUT/ground-mix" --max-steps "$RL_ONLY_STEPS" "$@"
 train "$OUT/rl-nofinal" 0 rl "${RL_ARGS[@]}" --model "$OUT/sft" --reward-final 0 "$@"
 evaluate_stages rl-only rl-nofinal

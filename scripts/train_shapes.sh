@@ -15,6 +15,8 @@
 #              models side by side)
 #
 #   bash scripts/train_shapes.sh [OUT=runs/recipe] [SEED=0] [--device cuda]
+#   UNTIL=sft bash scripts/train_shapes.sh ...   stops after SFT (scripts/ablation_shapes.sh starts its second
+#                                                lane there, beside the recipe's RL)
 #
 # The shipped agent (src/rsagent/agents/shapes_demo) is this recipe's SFT + RL model on shapes generator
 # version 2 (`bash scripts/train_shapes.sh runs/recipe-v2`, sessions u-v: the base, ground-1 and ground-2 copied
@@ -58,6 +60,7 @@ beside "$OUT/logs/synth.log" synthesize
 bash scripts/shapes_grounding.sh "$OUT" "$@"
 rejoin
 OMP_NUM_THREADS=$THREADS train "$OUT/sft" "$SEED" sft "${SFT_ARGS[@]}" --data "$OUT/synth" --model "$OUT/ground-mix" "$@"
+if [ "${UNTIL:-}" = sft ]; then say "stopped after SFT (UNTIL=sft): $OUT/sft"; exit 0; fi
 OMP_NUM_THREADS=$THREADS train "$OUT/rl" "$SEED" rl "${RL_ARGS[@]}" --model "$OUT/sft" "$@"
 beside "$OUT/logs/eval-sft.log" evaluate_stages sft
 evaluate_stages rl
