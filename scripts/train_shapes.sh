@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole recipe on the shapes domain, from random weights, on a 2-core CPU (docs/results.md). Minutes are
-# runs/recipe-v5000's stages (sessions s-t, docs/shapes.md "2026-11-29 (s)" and "(t)"), about 2 h 25 min in all:
+# runs/recipe-v5000's stages (sessions s-t, docs/shapes.md "2026-11-29 (s)" and "(t)"), about 2 h 25 min in all;
+# run from scratch in one go on a fresh machine (runs/recipe-w, session (w), docs/training.md "2026-11-29 (w)")
+# it took 2 h 19 min: base 23, ground 23.5 + 7 + 15.5, SFT 27, RL 41 (partly beside other jobs), and its SFT + RL
+# agent scored 0.382 on `test`, level with the shipped one:
 #   1. ground  scripts/shapes_grounding.sh: the base model (random tiny Qwen2.5-VL, vision tower pretrained
 #              for 5,000 steps, 24 min), then three `rsagent train ground` stages that teach it to box the
 #              queried shape in the episode's words, the tower kept (24 + 7 + 16 min): the stand-in for a
